@@ -1,0 +1,114 @@
+// Plain data that lives inside awaiters (and so inside coroutine frames) while a coroutine waits:
+// timer nodes, event waiters and the per-event watch list. Only the loop thread that owns a node
+// touches it. Nothing here allocates; the loop links these nodes intrusively.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+
+namespace coselect {
+class WaitableEvent;
+}
+
+namespace coselect::detail {
+
+class loop_hooks;
+
+// One deadline in a loop's timer heap. `fire` runs on the loop thread when the deadline passes
+// (or virtual time reaches it); the node has already been removed from the heap by then.
+struct timer_node {
+  static constexpr std::size_t not_in_heap = static_cast<std::size_t>(-1);
+
+  std::chrono::steady_clock::time_point due{};
+  std::uint64_t sequence = 0;  // install order: equal deadlines fire first-in, first-out
+  std::size_t heap_index = not_in_heap;
+  void (*fire)(timer_node&, loop_hooks&) noexcept = nullptr;
+
+  bool armed() const noexcept { return heap_index != not_in_heap; }
+};
+
+// How a coroutine's wait ended.
+enum class wait_outcome : std::uint8_t { pending, released, timed_out, canceled, failed };
+
+struct event_watch;
+
+// A coroutine waiting on a WaitableEvent, linked FIFO into the event's watch list of its loop.
+// `generation` is the event's set-generation when the wait began: any later set() releases it,
+// even one that a clear() undid before the loop looked (the pulse rule).
+struct event_waiter : timer_node {
+  std::coroutine_handle<> handle{};
+  event_watch* watch = nullptr;  // non-null while linked
+  event_waiter* next = nullptr;
+  event_waiter* prev = nullptr;
+  std::uint32_t generation = 0;
+  wait_outcome outcome = wait_outcome::pending;
+  bool has_deadline = false;
+};
+
+// The waiters one loop has on one event. Every event embeds one (its "primary" watch, claimed by
+// the first loop that waits on it); further loops waiting at the same time keep their own.
+struct event_watch {
+  WaitableEvent* event = nullptr;
+  std::atomic<loop_hooks*> owner{nullptr};  // the loop using this watch, or null when free
+  event_waiter* head = nullptr;
+  event_waiter* tail = nullptr;
+  event_watch* next = nullptr;  // in the owner's list of watched events
+  event_watch* prev = nullptr;
+  bool linked = false;     // in the owner's list
+  bool in_select = false;  // the owner counts as a selecting loop on the event right now
+
+  bool empty() const noexcept { return head == nullptr; }
+
+  void push_back(event_waiter& w) noexcept {
+    w.watch = this;
+    w.next = nullptr;
+    w.prev = tail;
+    if (tail) {
+      tail->next = &w;
+    } else {
+      head = &w;
+    }
+    tail = &w;
+  }
+
+  void unlink(event_waiter& w) noexcept {
+    if (w.prev) {
+      w.prev->next = w.next;
+    } else {
+      head = w.next;
+    }
+    if (w.next) {
+      w.next->prev = w.prev;
+    } else {
+      tail = w.prev;
+    }
+    w.next = w.prev = nullptr;
+    w.watch = nullptr;
+  }
+};
+
+// What the event layer needs from the loop that runs the awaiting coroutine. The Scheduler
+// implements it; keeping it abstract here lets WaitableEvent::wait() exist without the event
+// header including the scheduler (which sits above it).
+class loop_hooks {
+ public:
+  // Links `w` (handle, generation, deadline already filled in) to the loop's watch of `ev`.
+  virtual void add_event_waiter(WaitableEvent& ev, event_waiter& w) = 0;
+  // The awaiting frame is being destroyed while still waiting: forget the waiter.
+  virtual void remove_event_waiter(event_waiter& w) noexcept = 0;
+  // `ev` is being destroyed: resume its waiters on this loop with operation_canceled.
+  virtual void cancel_event_waiters(WaitableEvent& ev) noexcept = 0;
+  // The loop's clock (real or virtual): deadlines of waiters are measured on it.
+  virtual std::chrono::steady_clock::time_point now() const noexcept = 0;
+
+ protected:
+  ~loop_hooks() = default;
+};
+
+// The loop running on this thread (set for the duration of Scheduler::run*), or null.
+inline thread_local loop_hooks* running_loop = nullptr;
+
+}  // namespace coselect::detail

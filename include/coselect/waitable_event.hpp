@@ -1,0 +1,404 @@
+// coselect::WaitableEvent: a manual-reset event that threads block on, coroutines co_await, and
+// any fd-based loop can watch through fileno().
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <cstdint>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+
+#include "detail/syscall.hpp"
+#include "detail/wait_node.hpp"
+
+namespace coselect {
+
+namespace detail {
+struct event_access;
+}
+
+// WaitableEvent — a manual-reset event backed by a pipe (BACpypes' event.WaitableEvent).
+//
+// Contract
+//  * set(), clear(), is_set(), fileno(): any thread. set() is also async-signal-safe (it uses
+//    only atomics, write() and futex()); it may interrupt any other member on the same thread.
+//  * wait_blocking(): plain threads. Returns true once the event is set, or once a set() happened
+//    after the wait began even if clear() followed at once (a pulse releases every waiter).
+//  * co_await wait() / wait(timeout): coroutines running on a Scheduler; they resume on that
+//    scheduler's thread, in the order they began waiting, never inside set(). Awaiting where no
+//    scheduler runs throws std::logic_error.
+//  * fileno(): the read end, readable while the event is set (once concurrent set()/clear()
+//    calls have returned). A set();clear() pulse may leave no trace on it; use is_set() or a
+//    wait for pulses. Do not read from or close it.
+//  * Writes made before set() are visible to waiters released by it (release/acquire).
+//  * The constructor throws std::system_error (e.g. errc::too_many_files_open) if no pipe can
+//    be had. The destructor closes both ends; coroutines of this thread's scheduler still
+//    waiting resume with std::system_error(errc::operation_canceled). Destroying an event while
+//    another thread blocks on it, or another thread's scheduler has coroutines waiting on it,
+//    is a precondition violation.
+//
+// State machine. One 64-bit atomic word holds everything set() needs to decide, so each
+// operation is one compare-and-swap followed, only if needed, by system calls:
+//
+//   bit 0     set        the logical flag
+//   bit 1     byte       the pipe holds our one byte (true whenever `syncing` is clear)
+//   bit 2     exported   fileno() was handed out: the pipe must mirror `set`
+//   bit 3     syncing    one caller owns the pipe and is bringing it in line with the state
+//   bit 4     dirty      the state changed while someone was syncing: the owner looks again
+//   bit 5     pulsed     a set() happened while loops were selecting on the pipe
+//   bits 6-15  loops     schedulers blocked in select() on the read end right now
+//   bits 16-31 blocked   threads in wait_blocking()
+//   bits 32-63 generation, +1 at every unset->set transition
+//
+// Invariants
+//  I1  The pipe holds at most one byte, and only its owner (`syncing`) reads or writes it.
+//  I2  The byte must be present when  set && (exported || loops)   or   pulsed && loops.
+//      The byte must be absent when   !set && !(pulsed && loops).   Otherwise either is fine, so
+//      a set event nobody watches costs no system call, and a byte that is already there stays.
+//  I3  `pulsed` is cleared when the last selecting loop leaves: a set();clear() pulse keeps the
+//      byte until every loop that was asleep at the pulse has woken (select() re-checks its fds
+//      after a wake-up, and a byte that vanished would put it back to sleep: a lost wake-up).
+//  I4  Blocked threads sleep on a futex word that set() bumps when `blocked` > 0; a thread
+//      registers in `blocked` with the same CAS that checks `set`, so no set() can slip between.
+//  I5  Coroutine waiters are never touched by set(). They record `generation` when they start
+//      waiting; their loop releases every waiter whose generation is stale, or all when `set`.
+//      A loop about to sleep registers in `loops` with a CAS that fails if the generation moved
+//      (so it cannot sleep through a set()), and set() writes the byte when `loops` > 0.
+//
+// Pipe reconciliation is a lock-free "combining" step: whoever finds the pipe out of line with
+// I2 takes `syncing`, does the write()/read(), and publishes `byte`; concurrent callers (a
+// signal handler on the owner's own thread included) only mark `dirty` and leave, and the owner
+// loops until the state it publishes is clean. Nobody ever waits for anybody.
+class WaitableEvent {
+ public:
+  class wait_awaiter;
+  class timed_wait_awaiter;
+
+  WaitableEvent() {
+    const auto fds = detail::make_pipe_or_throw("coselect::WaitableEvent: pipe");
+    read_fd_ = fds.read_end;
+    write_fd_ = fds.write_end;
+    primary_watch_.event = this;
+  }
+
+  WaitableEvent(const WaitableEvent&) = delete;
+  WaitableEvent& operator=(const WaitableEvent&) = delete;
+
+  ~WaitableEvent() {
+    detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
+    if (owner != nullptr) owner->cancel_event_waiters(*this);
+    if (detail::running_loop != nullptr && detail::running_loop != owner) {
+      detail::running_loop->cancel_event_waiters(*this);
+    }
+    detail::close_fd(read_fd_);
+    detail::close_fd(write_fd_);
+  }
+
+  void set() noexcept {
+    std::uint64_t s = state_.load(std::memory_order_relaxed);
+    std::uint64_t n;
+    do {
+      if (s & kSet) return;
+      n = (s | kSet) + kGenerationOne;
+      if (loops(s) != 0) n |= kPulsed;
+    } while (
+        !state_.compare_exchange_weak(s, n, std::memory_order_acq_rel, std::memory_order_relaxed));
+    if (blocked(n) != 0) {
+      wake_sequence_.fetch_add(1, std::memory_order_release);
+      detail::futex_wake_all(futex_word());
+    }
+    if (needs_pipe_io(n)) reconcile_pipe();
+  }
+
+  void clear() noexcept {
+    std::uint64_t s = state_.load(std::memory_order_relaxed);
+    std::uint64_t n;
+    do {
+      if (!(s & kSet)) return;
+      n = s & ~kSet;
+    } while (
+        !state_.compare_exchange_weak(s, n, std::memory_order_acq_rel, std::memory_order_relaxed));
+    if (needs_pipe_io(n)) reconcile_pipe();
+  }
+
+  bool is_set() const noexcept { return (state_.load(std::memory_order_acquire) & kSet) != 0; }
+
+  int fileno() const noexcept {
+    if (!(state_.load(std::memory_order_relaxed) & kExported)) {
+      const std::uint64_t n = state_.fetch_or(kExported, std::memory_order_acq_rel) | kExported;
+      if (needs_pipe_io(n)) reconcile_pipe();
+    }
+    return read_fd_;
+  }
+
+  bool wait_blocking() { return wait_blocking_until(nullptr); }
+
+  template <class Rep, class Period>
+  bool wait_blocking(std::chrono::duration<Rep, Period> timeout) {
+    if (is_set()) return true;
+    const auto step = detail::saturating_ns(timeout);
+    if (step.count() <= 0) return is_set();
+    const auto deadline =
+        detail::saturating_add<std::chrono::steady_clock>(std::chrono::steady_clock::now(), step);
+    const timespec ts = detail::to_timespec(deadline.time_since_epoch());
+    return wait_blocking_until(&ts);
+  }
+
+  // co_await ev.wait(): resumes (on the awaiting coroutine's scheduler) once the event is set.
+  wait_awaiter wait() noexcept;
+  // co_await ev.wait(timeout): true if set, false if the timeout passed first; <= 0 polls.
+  template <class Rep, class Period>
+  timed_wait_awaiter wait(std::chrono::duration<Rep, Period> timeout) noexcept;
+
+  // Asyncore's file_dispatcher view (the BACpypes seed): always interested in reading, never in
+  // writing; reading does nothing, so the fd stays readable while the event is set.
+  static constexpr bool readable() noexcept { return true; }
+  static constexpr bool writable() noexcept { return false; }
+
+ private:
+  friend struct detail::event_access;
+
+  static constexpr std::uint64_t kSet = 1u << 0;
+  static constexpr std::uint64_t kByte = 1u << 1;
+  static constexpr std::uint64_t kExported = 1u << 2;
+  static constexpr std::uint64_t kSyncing = 1u << 3;
+  static constexpr std::uint64_t kDirty = 1u << 4;
+  static constexpr std::uint64_t kPulsed = 1u << 5;
+  static constexpr std::uint64_t kLoopOne = 1u << 6;
+  static constexpr std::uint64_t kLoopMask = 0x3FFu << 6;
+  static constexpr std::uint64_t kBlockedOne = 1u << 16;
+  static constexpr std::uint64_t kBlockedMask = 0xFFFFu << 16;
+  static constexpr std::uint64_t kGenerationOne = std::uint64_t{1} << 32;
+
+  static constexpr std::uint32_t loops(std::uint64_t s) noexcept {
+    return static_cast<std::uint32_t>((s & kLoopMask) >> 6);
+  }
+  static constexpr std::uint32_t blocked(std::uint64_t s) noexcept {
+    return static_cast<std::uint32_t>((s & kBlockedMask) >> 16);
+  }
+  static constexpr std::uint32_t generation(std::uint64_t s) noexcept {
+    return static_cast<std::uint32_t>(s >> 32);
+  }
+  static constexpr bool byte_required(std::uint64_t s) noexcept {
+    const bool loops_asleep = loops(s) != 0;
+    return ((s & kSet) && ((s & kExported) || loops_asleep)) || ((s & kPulsed) && loops_asleep);
+  }
+  static constexpr bool byte_forbidden(std::uint64_t s) noexcept {
+    return !(s & kSet) && !((s & kPulsed) && loops(s) != 0);
+  }
+  // I2 is violated (and nobody is already fixing it).
+  static constexpr bool needs_pipe_io(std::uint64_t s) noexcept {
+    if (s & kSyncing) return true;  // tell the owner to look again
+    return (s & kByte) ? byte_forbidden(s) : byte_required(s);
+  }
+
+  const std::uint32_t* futex_word() const noexcept {
+    static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
+    return reinterpret_cast<const std::uint32_t*>(&wake_sequence_);
+  }
+
+  // Brings the pipe in line with I2, or hands the job to whoever already owns it. Lock-free and
+  // async-signal-safe: see the class comment.
+  void reconcile_pipe() const noexcept {
+    std::uint64_t s = state_.load(std::memory_order_acquire);
+    for (;;) {
+      if (s & kSyncing) {
+        if (s & kDirty) return;
+        if (state_.compare_exchange_weak(s, s | kDirty, std::memory_order_acq_rel)) return;
+        continue;
+      }
+      if (!needs_pipe_io(s)) return;
+      if (state_.compare_exchange_weak(s, s | kSyncing, std::memory_order_acq_rel)) {
+        s |= kSyncing;
+        break;
+      }
+    }
+    for (;;) {
+      const bool want_byte = (s & kByte) ? !byte_forbidden(s) : byte_required(s);
+      if (want_byte != static_cast<bool>(s & kByte)) {
+        if (want_byte) {
+          detail::write_byte(write_fd_);
+        } else {
+          detail::drain(read_fd_);
+        }
+      }
+      for (;;) {
+        std::uint64_t n = (s & ~(kByte | kDirty)) | (want_byte ? kByte : 0);
+        if (!(s & kDirty)) n &= ~kSyncing;
+        if (state_.compare_exchange_weak(s, n, std::memory_order_acq_rel)) {
+          if (!(n & kSyncing)) return;
+          s = n;
+          break;  // someone changed the state meanwhile: evaluate again
+        }
+      }
+    }
+  }
+
+  bool wait_blocking_until(const timespec* deadline) {
+    const std::uint32_t sequence = wake_sequence_.load(std::memory_order_acquire);
+    std::uint64_t s = state_.load(std::memory_order_acquire);
+    do {
+      if (s & kSet) return true;
+      if (blocked(s) == blocked(kBlockedMask)) {
+        throw std::system_error(EAGAIN, std::system_category(),
+                                "coselect::WaitableEvent: too many blocked threads");
+      }
+    } while (!state_.compare_exchange_weak(s, s + kBlockedOne, std::memory_order_acq_rel,
+                                           std::memory_order_acquire));
+    // EINTR and spurious wake-ups land back here; the absolute deadline keeps the total wait
+    // exact, neither shortened nor restarted.
+    while (wake_sequence_.load(std::memory_order_acquire) == sequence) {
+      if (!detail::futex_wait(futex_word(), sequence, deadline)) break;  // timed out
+    }
+    const std::uint64_t after = state_.fetch_sub(kBlockedOne, std::memory_order_acq_rel);
+    return wake_sequence_.load(std::memory_order_acquire) != sequence || (after & kSet);
+  }
+
+  mutable std::atomic<std::uint64_t> state_{0};
+  std::atomic<std::uint32_t> wake_sequence_{0};
+  int read_fd_ = -1;
+  int write_fd_ = -1;
+  detail::event_watch primary_watch_;
+};
+
+namespace detail {
+
+// The loop's side of the state machine (I5). Only the Scheduler uses this.
+struct event_access {
+  static int read_fd(const WaitableEvent& ev) noexcept { return ev.read_fd_; }
+  static event_watch& primary_watch(WaitableEvent& ev) noexcept { return ev.primary_watch_; }
+
+  static std::uint64_t load(const WaitableEvent& ev) noexcept {
+    return ev.state_.load(std::memory_order_acquire);
+  }
+  static bool is_set(std::uint64_t s) noexcept { return (s & WaitableEvent::kSet) != 0; }
+  static std::uint32_t generation(std::uint64_t s) noexcept { return WaitableEvent::generation(s); }
+
+  // Registers a loop that is about to sleep in select() on the read end, unless the event was
+  // set, or set and cleared, since `expected_generation`: then returns false and the caller
+  // must not sleep. Also false if 1023 loops already sleep on it (the caller then naps briefly).
+  static bool enter_select(const WaitableEvent& ev, std::uint32_t expected_generation) noexcept {
+    std::uint64_t s = ev.state_.load(std::memory_order_acquire);
+    std::uint64_t n;
+    do {
+      if ((s & WaitableEvent::kSet) || WaitableEvent::generation(s) != expected_generation) {
+        return false;
+      }
+      if ((s & WaitableEvent::kLoopMask) == WaitableEvent::kLoopMask) return false;
+      n = s + WaitableEvent::kLoopOne;
+    } while (!ev.state_.compare_exchange_weak(s, n, std::memory_order_acq_rel,
+                                              std::memory_order_acquire));
+    if (WaitableEvent::needs_pipe_io(n)) ev.reconcile_pipe();
+    return true;
+  }
+
+  static void leave_select(const WaitableEvent& ev) noexcept {
+    std::uint64_t s = ev.state_.load(std::memory_order_relaxed);
+    std::uint64_t n;
+    do {
+      n = s - WaitableEvent::kLoopOne;
+      if (WaitableEvent::loops(n) == 0) n &= ~WaitableEvent::kPulsed;
+    } while (!ev.state_.compare_exchange_weak(s, n, std::memory_order_acq_rel,
+                                              std::memory_order_relaxed));
+    if (WaitableEvent::needs_pipe_io(n)) ev.reconcile_pipe();
+  }
+};
+
+[[noreturn]] inline void throw_no_scheduler(const char* what) {
+  throw std::logic_error(std::string("coselect: ") + what +
+                         " awaited on a thread where no coselect::Scheduler is running");
+}
+
+}  // namespace detail
+
+// Awaiter of `co_await ev.wait()`. Lives in the awaiting frame; if the frame is destroyed while
+// waiting, it unlinks itself from the loop.
+class WaitableEvent::wait_awaiter {
+ public:
+  explicit wait_awaiter(WaitableEvent& ev) noexcept : event_(ev) {}
+  wait_awaiter(const wait_awaiter&) = delete;
+  wait_awaiter& operator=(const wait_awaiter&) = delete;
+  ~wait_awaiter() {
+    if (node_.watch != nullptr) loop_->remove_event_waiter(node_);
+  }
+
+  bool await_ready() {
+    loop_ = detail::running_loop;
+    if (loop_ == nullptr) detail::throw_no_scheduler("WaitableEvent::wait()");
+    return event_.is_set();
+  }
+
+  bool await_suspend(std::coroutine_handle<> h) {
+    const std::uint64_t s = detail::event_access::load(event_);
+    if (detail::event_access::is_set(s)) {
+      node_.outcome = detail::wait_outcome::released;
+      return false;
+    }
+    node_.handle = h;
+    node_.generation = detail::event_access::generation(s);
+    loop_->add_event_waiter(event_, node_);
+    return true;
+  }
+
+  void await_resume() const { throw_if_canceled(); }
+
+ protected:
+  void throw_if_canceled() const {
+    if (node_.outcome == detail::wait_outcome::canceled) {
+      throw std::system_error(std::make_error_code(std::errc::operation_canceled),
+                              "coselect::WaitableEvent destroyed while a coroutine waited on it");
+    }
+  }
+
+  WaitableEvent& event_;
+  detail::loop_hooks* loop_ = nullptr;
+  detail::event_waiter node_;
+};
+
+// Awaiter of `co_await ev.wait(timeout)`: true if set, false on timeout.
+class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
+ public:
+  timed_wait_awaiter(WaitableEvent& ev, std::chrono::nanoseconds timeout) noexcept
+      : wait_awaiter(ev), timeout_(timeout) {}
+
+  bool await_ready() {
+    if (wait_awaiter::await_ready()) return true;
+    return timeout_.count() <= 0;  // a poll: answer without suspending
+  }
+
+  bool await_suspend(std::coroutine_handle<> h) {
+    node_.has_deadline = true;
+    node_.due = detail::saturating_add<std::chrono::steady_clock>(loop_->now(), timeout_);
+    return wait_awaiter::await_suspend(h);
+  }
+
+  bool await_resume() const {
+    throw_if_canceled();
+    switch (node_.outcome) {
+      case detail::wait_outcome::pending:  // never suspended
+        return event_.is_set();
+      case detail::wait_outcome::timed_out:
+        return false;
+      default:
+        return true;
+    }
+  }
+
+ private:
+  std::chrono::nanoseconds timeout_;
+};
+
+inline WaitableEvent::wait_awaiter WaitableEvent::wait() noexcept {
+  return wait_awaiter(*this);
+}
+
+template <class Rep, class Period>
+WaitableEvent::timed_wait_awaiter WaitableEvent::wait(
+    std::chrono::duration<Rep, Period> timeout) noexcept {
+  return timed_wait_awaiter(*this, detail::saturating_ns(timeout));
+}
+
+}  // namespace coselect
