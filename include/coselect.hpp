@@ -1,0 +1,16 @@
+// coselect — C++20 coroutines that meet threads and file descriptors.
+//
+// The one header users include. Layers, lowest first (no header includes a higher one):
+//   detail/syscall, detail/wait_node  ->  waitable_event  ->  task  ->  clock, detail/timer_heap,
+//   detail/reactor_select, dispatcher  ->  task_manager  ->  scheduler  ->  time, io, thread,
+//   when_all, signal, testing (not included here: it needs GoogleTest)  ->  coselect.hpp
+#pragma once
+
+#include "coselect/clock.hpp"
+#include "coselect/dispatcher.hpp"
+#include "coselect/io.hpp"
+#include "coselect/scheduler.hpp"
+#include "coselect/task.hpp"
+#include "coselect/task_manager.hpp"
+#include "coselect/time.hpp"
+#include "coselect/waitable_event.hpp"

@@ -1,0 +1,117 @@
+// Awaitables for fd readiness: readable(fd), writable(fd), with and without timeout.
+#pragma once
+
+#include <sys/select.h>
+
+#include <chrono>
+#include <coroutine>
+#include <system_error>
+
+#include "detail/reactor_select.hpp"
+#include "detail/syscall.hpp"
+#include "scheduler.hpp"
+
+namespace coselect {
+
+namespace detail {
+
+// Suspends until select() reports the fd ready (or the timeout passes). Bad fds (negative,
+// >= FD_SETSIZE, closed — also closed while waiting) throw std::system_error in the awaiting
+// coroutine; the loop keeps running.
+class fd_awaiter {
+ public:
+  fd_awaiter(int fd, bool for_write, std::optional<std::chrono::nanoseconds> timeout) noexcept
+      : timeout_(timeout) {
+    node_.fd = fd;
+    node_.for_write = for_write;
+  }
+  fd_awaiter(const fd_awaiter&) = delete;
+  fd_awaiter& operator=(const fd_awaiter&) = delete;
+  ~fd_awaiter() {
+    if (node_.linked) scheduler_access::reactor(*scheduler_).remove(node_);
+    if (node_.armed()) scheduler_access::remove_timer(*scheduler_, node_);
+  }
+
+  bool await_ready() {
+    scheduler_ = &scheduler_access::current_or_throw(node_.for_write ? "writable()" : "readable()");
+    check_selectable_fd(node_.fd);
+    if (timeout_ && timeout_->count() <= 0) {  // a poll: answer now
+      node_.outcome = poll_now() ? wait_outcome::released : wait_outcome::timed_out;
+      return true;
+    }
+    return false;
+  }
+
+  void await_suspend(std::coroutine_handle<> h) {
+    node_.handle = h;
+    scheduler_access::reactor(*scheduler_).add(node_);
+    if (timeout_) {
+      node_.due = saturating_add<Scheduler::clock>(scheduler_->now(), *timeout_);
+      node_.owner = scheduler_;
+      node_.fire = [](timer_node& t, loop_hooks&) noexcept {
+        auto& n = static_cast<waiter&>(t);
+        scheduler_access::reactor(*n.owner).remove(n);
+        n.outcome = wait_outcome::timed_out;
+        scheduler_access::make_ready(*n.owner, n.handle);
+      };
+      scheduler_access::add_timer(*scheduler_, node_);
+    }
+  }
+
+  bool await_resume() const {
+    if (node_.outcome == wait_outcome::failed) {
+      throw std::system_error(node_.error, std::system_category(),
+                              "coselect: fd closed while a coroutine waited on it");
+    }
+    return node_.outcome != wait_outcome::timed_out;
+  }
+
+ private:
+  struct waiter : fd_waiter {
+    Scheduler* owner = nullptr;
+  };
+
+  bool poll_now() const {
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(node_.fd, &set);
+    timeval zero{};
+    const int n = node_.for_write ? ::select(node_.fd + 1, nullptr, &set, nullptr, &zero)
+                                  : ::select(node_.fd + 1, &set, nullptr, nullptr, &zero);
+    if (n < 0 && errno != EINTR) throw_errno(errno, "coselect: select");
+    return n > 0;
+  }
+
+  std::optional<std::chrono::nanoseconds> timeout_;
+  Scheduler* scheduler_ = nullptr;
+  waiter node_;
+};
+
+// co_await of the untimed forms yields void.
+struct untimed_fd_awaiter : fd_awaiter {
+  using fd_awaiter::fd_awaiter;
+  void await_resume() const { (void)fd_awaiter::await_resume(); }
+};
+
+}  // namespace detail
+
+// co_await readable(fd): resumes on this scheduler once fd is readable.
+inline detail::untimed_fd_awaiter readable(int fd) noexcept {
+  return {fd, false, std::nullopt};
+}
+// co_await writable(fd): resumes once fd is writable.
+inline detail::untimed_fd_awaiter writable(int fd) noexcept {
+  return {fd, true, std::nullopt};
+}
+
+// co_await readable(fd, timeout) -> bool: false if the timeout passed first (<= 0 polls).
+template <class Rep, class Period>
+detail::fd_awaiter readable(int fd, std::chrono::duration<Rep, Period> timeout) noexcept {
+  return {fd, false, detail::saturating_ns(timeout)};
+}
+template <class Rep, class Period>
+detail::fd_awaiter writable(int fd, std::chrono::duration<Rep, Period> timeout) noexcept {
+  return {fd, true, detail::saturating_ns(timeout)};
+}
+
+}  // namespace coselect

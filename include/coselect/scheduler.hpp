@@ -1,0 +1,603 @@
+// coselect::Scheduler: the select()-driven loop (BACpypes' core.run(), without SPIN).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <coroutine>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <unordered_map>
+#include <utility>
+#include <vector>
+
+#include "clock.hpp"
+#include "detail/reactor_select.hpp"
+#include "detail/timer_heap.hpp"
+#include "detail/wait_node.hpp"
+#include "dispatcher.hpp"
+#include "task.hpp"
+#include "task_manager.hpp"
+#include "waitable_event.hpp"
+
+namespace coselect {
+
+namespace detail {
+struct scheduler_access;
+}
+
+// Scheduler — one thread's event loop: coroutines, fd readiness, timers, and work from other
+// threads.
+//
+// Contract
+//  * One thread at a time calls the run* family; every other member may be called from any
+//    thread (stop() also from a signal handler). Calls made while nothing runs are queued.
+//  * One iteration: resume the coroutines that were ready when it began (FIFO), take work
+//    other threads posted, release event waiters, fire due timers and tasks, then select() on
+//    the fds that have waiters — blocking until the next deadline only when nothing is ready.
+//    Idle means blocked in select(): no spinning, no polling interval.
+//  * Other threads wake a blocked loop through the loop's own WaitableEvent.
+//  * An exception escaping a spawned task or a TaskManager callback is never swallowed: by
+//    default the running run* stops and rethrows it (set_exception_handler changes that).
+//  * Schedulers share no state. Destroying one destroys the coroutine frames it owns (spawned
+//    tasks, and a run(task) that was stopped before finishing); it must not be running.
+class Scheduler : private detail::loop_hooks,
+                  private detail::task_host,
+                  private detail::task_owner {
+ public:
+  using clock = std::chrono::steady_clock;
+  using time_point = clock::time_point;
+  using duration = clock::duration;
+
+  Scheduler() : Scheduler(nullptr) {}
+  explicit Scheduler(TimeMachine& machine) : Scheduler(&machine) {}
+  Scheduler(const Scheduler&) = delete;
+  Scheduler& operator=(const Scheduler&) = delete;
+
+  ~Scheduler() {
+    // Frames first, while every structure their awaiters unlink from is still intact.
+    while (owned_head_ != nullptr) {
+      detail::task_promise_base* p = owned_head_;
+      unlink_owned(*p);
+      p->owner = nullptr;
+      p->owned_frame.destroy();
+    }
+    {
+      std::lock_guard lock(spawn_mutex_);
+      for (auto h : spawn_inbox_)
+        h.destroy();
+      spawn_inbox_.clear();
+    }
+    // Waiters whose frames are not ours (driven by someone else) are forgotten, not resumed.
+    while (watched_head_ != nullptr) {
+      detail::event_watch& w = *watched_head_;
+      while (w.head != nullptr)
+        w.unlink(*w.head);
+      release_watch(w);
+    }
+    while (timers_.pop() != nullptr) {
+    }
+    reactor_.forget_all();
+    ready_.clear();
+  }
+
+  // The scheduler running on this thread, or nullptr.
+  static Scheduler* current() noexcept {
+    return static_cast<Scheduler*>(static_cast<detail::loop_hooks*>(detail::running_loop));
+  }
+
+  // Runs until `main` completes and returns its value or rethrows its exception. If the loop
+  // stops first (stop(), or a failure of other work), throws std::runtime_error (or that
+  // failure); the unfinished task then stays with the scheduler and its result is dropped.
+  template <class T>
+  T run(Task<T> main) {
+    if (!main.valid()) throw std::invalid_argument("coselect::Scheduler::run: empty task");
+    if (running_.load(std::memory_order_acquire)) {
+      throw std::logic_error("coselect::Scheduler: run* is already active");
+    }
+    auto frame = main.release();
+    detail::task_promise_base& root = frame.promise();
+    root.owner = this;
+    root.owned_frame = frame;
+    bool finished = false;
+    root_ = &root;
+    root_finished_ = &finished;
+    try {
+      drive([&] { return finished; }, std::nullopt, [&] { ready_.push_back(frame); });
+    } catch (...) {
+      abandon_root(root, finished);
+      throw;
+    }
+    if (!finished) {
+      abandon_root(root, finished);
+      throw std::runtime_error("coselect::Scheduler::run: stopped before the task completed");
+    }
+    root_ = nullptr;
+    root_finished_ = nullptr;
+    Task<T> done(frame);  // destroys the frame after taking the result
+    return frame.promise().take();
+  }
+
+  // Runs until stop().
+  void run() {
+    drive([] { return false; }, std::nullopt, [] {});
+  }
+
+  // Runs until now() reaches now() + d; tasks due exactly then run (the limit is inclusive).
+  template <class Rep, class Period>
+  void run_for(std::chrono::duration<Rep, Period> d) {
+    run_until(detail::saturating_add<clock>(now(), d));
+  }
+  void run_until(time_point limit) {
+    drive([] { return false; }, limit, [] {});
+  }
+
+  // Asks the running (or next) run* to return after its current iteration. Any thread,
+  // async-signal-safe, never lost.
+  void stop() noexcept {
+    stop_requested_.store(true, std::memory_order_release);
+    wake_.set();
+  }
+
+  // Starts `t` on the loop (never inline), detached: the scheduler owns its frame.
+  void spawn(Task<void> t) {
+    if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
+    auto frame = t.release();
+    if (on_loop_thread()) {
+      adopt(frame);
+      ready_.push_back(frame);
+      return;
+    }
+    {
+      std::lock_guard lock(spawn_mutex_);
+      spawn_inbox_.push_back(frame);
+    }
+    wake_.set();
+  }
+
+  TaskManager& tasks() noexcept { return tasks_; }
+
+  time_point now() const noexcept override { return clock_.now(); }
+  bool is_virtual_time() const noexcept { return clock_.is_virtual(); }
+
+  // Replaces the failure policy (default: the running run* rethrows). The handler runs on the
+  // loop thread; an exception it throws is rethrown by run*.
+  void set_exception_handler(std::function<void(std::exception_ptr)> handler) {
+    exception_handler_ = std::move(handler);
+  }
+
+  // Asyncore-style callback objects (see Dispatcher). Loop thread, or while nothing runs.
+  void add_dispatcher(Dispatcher& d) { reactor_.add_dispatcher(d); }
+  void remove_dispatcher(Dispatcher& d) noexcept { reactor_.remove_dispatcher(d); }
+
+ private:
+  friend struct detail::scheduler_access;
+
+  explicit Scheduler(TimeMachine* machine) : clock_(machine), tasks_(*this) {}
+
+  // ---- the run loop ---------------------------------------------------------------------
+
+  struct running_scope {
+    explicit running_scope(Scheduler& s) : self(s), previous(detail::running_loop) {
+      if (s.running_.exchange(true, std::memory_order_acq_rel)) {
+        throw std::logic_error("coselect::Scheduler: run* is already active");
+      }
+      detail::running_loop = &s;
+    }
+    ~running_scope() {
+      detail::running_loop = previous;
+      self.running_.store(false, std::memory_order_release);
+    }
+    Scheduler& self;
+    detail::loop_hooks* previous;
+  };
+
+  template <class Done, class Start>
+  void drive(Done done, std::optional<time_point> limit, Start start) {
+    running_scope scope(*this);
+    start();
+    bool reached_limit = false;
+    for (;;) {
+      if (done()) return;
+      const bool stop = stop_requested_.exchange(false, std::memory_order_acq_rel);
+      iterate(!stop && !reached_limit, limit);
+      if (!failures_.empty()) {
+        std::exception_ptr e = failures_.front();
+        failures_.pop_front();
+        std::rethrow_exception(e);
+      }
+      if (stop) return;
+      if (limit) {
+        if (reached_limit && (!clock_.is_virtual() || quiescent_at(*limit))) return;
+        reached_limit = now() >= *limit;
+      }
+    }
+  }
+
+  bool quiescent_at(time_point limit) const {
+    if (!ready_.empty() || wake_.is_set()) return false;
+    const auto due = next_deadline();
+    return !due || *due > limit;
+  }
+
+  void iterate(bool may_block, std::optional<time_point> limit) {
+    // 1. The coroutines that were ready when the iteration began.
+    for (std::size_t n = ready_.size(); n > 0 && failures_.empty(); --n) {
+      std::coroutine_handle<> h = ready_.front();
+      ready_.pop_front();
+      h.resume();
+    }
+    if (!failures_.empty() || (root_finished_ != nullptr && *root_finished_)) return;
+    // 2. Work from other threads, then 3. event waiters, then 4. timers and tasks.
+    absorb_posted_work();
+    scan_events();
+    fire_due(limit);
+    if (!failures_.empty()) return;
+    // 5. I/O: block only when nothing is ready.
+    wait_for_io(may_block && ready_.empty(), limit);
+  }
+
+  void absorb_posted_work() {
+    const std::uint64_t s = detail::event_access::load(wake_);
+    if (detail::event_access::is_set(s)) {
+      wake_.clear();  // before draining: a post after this sets it again
+      {
+        std::lock_guard lock(spawn_mutex_);
+        spawned_.swap(spawn_inbox_);
+      }
+      for (auto h : spawned_) {
+        adopt(h);
+        ready_.push_back(h);
+      }
+      spawned_.clear();
+      tasks_.take_inbox(posted_);
+      for (auto h : posted_)
+        ready_.push_back(h);
+      posted_.clear();
+    }
+    wake_generation_ = detail::event_access::generation(detail::event_access::load(wake_));
+  }
+
+  void fire_due(std::optional<time_point> limit) {
+    if (timers_.empty() && !tasks_.next_due()) return;
+    time_point t = now();
+    if (limit && *limit < t) t = *limit;
+    while (detail::timer_node* n = timers_.pop_due(t))
+      n->fire(*n, *this);
+    if (std::exception_ptr e = tasks_.run_due(t)) report_failure(e);
+  }
+
+  std::optional<time_point> next_deadline() const {
+    auto due = timers_.next_due();
+    if (auto task_due = tasks_.next_due(); task_due && (!due || *task_due < *due)) due = task_due;
+    return due;
+  }
+
+  void wait_for_io(bool may_block, std::optional<time_point> limit) {
+    std::optional<std::chrono::nanoseconds> timeout = std::chrono::nanoseconds::zero();
+    if (may_block) {
+      auto due = next_deadline();
+      if (limit && (!due || *limit < *due)) due = limit;
+      if (clock_.is_virtual() && external_work_.load(std::memory_order_acquire) == 0) {
+        // Virtual time: look at the fds without blocking; if nothing stirs, jump to the next
+        // deadline. With no deadline at all, block like the real loop.
+        select_round(std::chrono::nanoseconds::zero());
+        if (!ready_.empty() || wake_.is_set()) return;
+        if (due) {
+          clock_.machine()->advance_to(*due);
+          return;
+        }
+        timeout.reset();
+      } else if (clock_.is_virtual()) {
+        timeout.reset();  // a thread is doing real work for us: wait for it, in real time
+      } else if (due) {
+        const time_point t = now();
+        timeout = *due > t ? std::chrono::duration_cast<std::chrono::nanoseconds>(*due - t)
+                           : std::chrono::nanoseconds::zero();
+      } else {
+        timeout.reset();
+      }
+    }
+    if (timeout && timeout->count() == 0 && !reactor_.has_interest()) return;
+    select_round(timeout);
+  }
+
+  // One select() over the fd waiters, plus, when it may block, the pipes of the events this
+  // loop has waiters on and its own wake-up event.
+  void select_round(std::optional<std::chrono::nanoseconds> timeout) {
+    extra_fds_.clear();
+    bool blocking = !timeout || timeout->count() > 0;
+    if (!blocking && !reactor_.has_interest()) {
+      scan_events();
+      return;
+    }
+    if (blocking) blocking = enter_event_selects(timeout);
+    reactor_.poll(timeout, extra_fds_, [this](detail::fd_waiter& w) {
+      if (w.armed()) timers_.remove(w);
+      ready_.push_back(w.handle);
+    });
+    if (blocking) leave_event_selects();
+    scan_events();
+  }
+
+  // Registers this loop as asleep on each watched event (I5 in waitable_event.hpp). If any
+  // event moved since its waiters were checked, nothing is entered and the wait becomes a poll.
+  bool enter_event_selects(std::optional<std::chrono::nanoseconds>& timeout) {
+    auto fallback_to_poll = [&] {
+      leave_event_selects();
+      extra_fds_.clear();
+      timeout = std::chrono::nanoseconds::zero();
+      return false;
+    };
+    if (!detail::event_access::enter_select(wake_, wake_generation_)) return fallback_to_poll();
+    wake_in_select_ = true;
+    watch_event_fd(detail::event_access::read_fd(wake_), timeout);
+    for (detail::event_watch* w = watched_head_; w != nullptr; w = w->next) {
+      if (!detail::event_access::enter_select(*w->event, w->head->generation)) {
+        return fallback_to_poll();
+      }
+      w->in_select = true;
+      watch_event_fd(detail::event_access::read_fd(*w->event), timeout);
+    }
+    return true;
+  }
+
+  void watch_event_fd(int fd, std::optional<std::chrono::nanoseconds>& timeout) {
+    if (fd < FD_SETSIZE) {
+      extra_fds_.push_back(fd);
+    } else if (!timeout || *timeout > std::chrono::milliseconds(10)) {
+      timeout = std::chrono::milliseconds(10);  // select() cannot watch it: nap instead
+    }
+  }
+
+  void leave_event_selects() noexcept {
+    if (wake_in_select_) {
+      detail::event_access::leave_select(wake_);
+      wake_in_select_ = false;
+    }
+    for (detail::event_watch* w = watched_head_; w != nullptr; w = w->next) {
+      if (w->in_select) {
+        detail::event_access::leave_select(*w->event);
+        w->in_select = false;
+      }
+    }
+  }
+
+  // ---- event waiters (loop_hooks) ---------------------------------------------------------
+
+  void scan_events() {
+    for (detail::event_watch* w = watched_head_; w != nullptr;) {
+      detail::event_watch* next = w->next;
+      const std::uint64_t s = detail::event_access::load(*w->event);
+      const bool all = detail::event_access::is_set(s);
+      const std::uint32_t generation = detail::event_access::generation(s);
+      while (w->head != nullptr && (all || w->head->generation != generation)) {
+        finish_event_waiter(*w->head, detail::wait_outcome::released);
+      }
+      if (w->empty()) release_watch(*w);
+      w = next;
+    }
+  }
+
+  void finish_event_waiter(detail::event_waiter& x, detail::wait_outcome outcome) {
+    x.watch->unlink(x);
+    if (x.armed()) timers_.remove(x);
+    x.outcome = outcome;
+    ready_.push_back(x.handle);
+  }
+
+  void add_event_waiter(WaitableEvent& ev, detail::event_waiter& node) override {
+    detail::event_watch* w = nullptr;
+    if (!secondary_watches_.empty()) {
+      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
+        w = it->second.get();
+      }
+    }
+    if (w == nullptr) {
+      detail::event_watch& primary = detail::event_access::primary_watch(ev);
+      detail::loop_hooks* owner = primary.owner.load(std::memory_order_acquire);
+      if (owner == this || (owner == nullptr && primary.owner.compare_exchange_strong(
+                                                    owner, this, std::memory_order_acq_rel))) {
+        w = &primary;
+      } else {
+        auto secondary = std::make_unique<detail::event_watch>();
+        secondary->event = &ev;
+        secondary->owner.store(this, std::memory_order_relaxed);
+        w = secondary.get();
+        secondary_watches_.emplace(&ev, std::move(secondary));
+      }
+    }
+    w->push_back(node);
+    if (!w->linked) link_watch(*w);
+    if (node.has_deadline) {
+      node.fire = &Scheduler::on_event_timeout;
+      timers_.push(node);
+    }
+  }
+
+  void remove_event_waiter(detail::event_waiter& node) noexcept override {
+    detail::event_watch* w = node.watch;
+    w->unlink(node);
+    if (node.armed()) timers_.remove(node);
+    if (w->empty()) release_watch(*w);
+  }
+
+  void cancel_event_waiters(WaitableEvent& ev) noexcept override {
+    auto cancel_all = [this](detail::event_watch& w) {
+      while (w.head != nullptr)
+        finish_event_waiter(*w.head, detail::wait_outcome::canceled);
+      release_watch(w);
+    };
+    detail::event_watch& primary = detail::event_access::primary_watch(ev);
+    if (primary.owner.load(std::memory_order_acquire) == this) cancel_all(primary);
+    if (!secondary_watches_.empty()) {
+      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
+        cancel_all(*it->second);
+      }
+    }
+  }
+
+  static void on_event_timeout(detail::timer_node& t, detail::loop_hooks& loop) noexcept {
+    auto& self = static_cast<Scheduler&>(loop);
+    auto& x = static_cast<detail::event_waiter&>(t);
+    detail::event_watch* w = x.watch;
+    w->unlink(x);
+    x.outcome = detail::wait_outcome::timed_out;
+    self.ready_.push_back(x.handle);
+    if (w->empty()) self.release_watch(*w);
+  }
+
+  void link_watch(detail::event_watch& w) noexcept {
+    w.linked = true;
+    w.prev = nullptr;
+    w.next = watched_head_;
+    if (watched_head_ != nullptr) watched_head_->prev = &w;
+    watched_head_ = &w;
+  }
+
+  // Forgets an empty watch: a primary one goes back to its event, a secondary one is freed.
+  void release_watch(detail::event_watch& w) noexcept {
+    if (w.linked) {
+      if (w.prev != nullptr) {
+        w.prev->next = w.next;
+      } else {
+        watched_head_ = w.next;
+      }
+      if (w.next != nullptr) w.next->prev = w.prev;
+      w.next = w.prev = nullptr;
+      w.linked = false;
+    }
+    WaitableEvent& ev = *w.event;
+    if (&w == &detail::event_access::primary_watch(ev)) {
+      w.owner.store(nullptr, std::memory_order_release);
+    } else {
+      secondary_watches_.erase(&ev);
+    }
+  }
+
+  // ---- task_host --------------------------------------------------------------------------
+
+  bool on_loop_thread() const noexcept override {
+    return detail::running_loop == static_cast<const detail::loop_hooks*>(this);
+  }
+  void wake() noexcept override { wake_.set(); }
+  const detail::clock_source& time_source() const noexcept override { return clock_; }
+  void make_ready(std::coroutine_handle<> h) override { ready_.push_back(h); }
+
+  // ---- owned frames (task_owner) ----------------------------------------------------------
+
+  void adopt(std::coroutine_handle<detail::task_promise<void>> frame) {
+    adopt_promise(frame.promise(), frame);
+  }
+
+  void adopt_promise(detail::task_promise_base& p, std::coroutine_handle<> frame) noexcept {
+    p.owner = this;
+    p.owned_frame = frame;
+    p.owned_prev = nullptr;
+    p.owned_next = owned_head_;
+    if (owned_head_ != nullptr) owned_head_->owned_prev = &p;
+    owned_head_ = &p;
+  }
+
+  void unlink_owned(detail::task_promise_base& p) noexcept {
+    if (p.owned_prev != nullptr) {
+      p.owned_prev->owned_next = p.owned_next;
+    } else if (owned_head_ == &p) {
+      owned_head_ = p.owned_next;
+    }
+    if (p.owned_next != nullptr) p.owned_next->owned_prev = p.owned_prev;
+    p.owned_next = p.owned_prev = nullptr;
+  }
+
+  void task_finished(detail::task_promise_base& p,
+                     std::coroutine_handle<> frame) noexcept override {
+    if (&p == root_) {
+      *root_finished_ = true;
+      return;  // run() takes the result and frees the frame
+    }
+    unlink_owned(p);
+    if (p.exception) report_failure(p.exception);
+    frame.destroy();
+  }
+
+  // A root task that run() gives up on stays alive as a spawned task: its frame may still be
+  // referenced by the ready queue or by other threads about to resume it.
+  void abandon_root(detail::task_promise_base& root, bool finished) {
+    root_ = nullptr;
+    root_finished_ = nullptr;
+    if (finished) {
+      root.owner = nullptr;
+      root.owned_frame.destroy();
+      return;
+    }
+    adopt_promise(root, root.owned_frame);
+  }
+
+  void report_failure(std::exception_ptr e) noexcept {
+    if (exception_handler_) {
+      try {
+        exception_handler_(e);
+        return;
+      } catch (...) {
+        e = std::current_exception();
+      }
+    }
+    failures_.push_back(e);
+  }
+
+  detail::clock_source clock_;
+  TaskManager tasks_;
+  WaitableEvent wake_;  // other threads set it to wake the loop (and stop() does)
+  std::uint32_t wake_generation_ = 0;
+  bool wake_in_select_ = false;
+  std::atomic<bool> stop_requested_{false};
+  std::atomic<bool> running_{false};
+  std::atomic<int> external_work_{0};  // run_in_thread calls in flight (virtual time waits)
+
+  std::deque<std::coroutine_handle<>> ready_;
+  detail::timer_heap timers_;
+  detail::select_reactor reactor_;
+  std::vector<int> extra_fds_;
+
+  detail::event_watch* watched_head_ = nullptr;
+  std::unordered_map<const WaitableEvent*, std::unique_ptr<detail::event_watch>> secondary_watches_;
+
+  std::mutex spawn_mutex_;
+  std::vector<std::coroutine_handle<detail::task_promise<void>>> spawn_inbox_;
+  std::vector<std::coroutine_handle<detail::task_promise<void>>> spawned_;
+  std::vector<std::coroutine_handle<>> posted_;
+
+  detail::task_promise_base* owned_head_ = nullptr;
+  detail::task_promise_base* root_ = nullptr;
+  bool* root_finished_ = nullptr;
+  std::deque<std::exception_ptr> failures_;
+  std::function<void(std::exception_ptr)> exception_handler_;
+};
+
+namespace detail {
+
+// What the awaitables (time.hpp, io.hpp, thread.hpp) need from the loop they run on.
+struct scheduler_access {
+  static Scheduler& current_or_throw(const char* what) {
+    Scheduler* s = Scheduler::current();
+    if (s == nullptr) throw_no_scheduler(what);
+    return *s;
+  }
+  static void make_ready(Scheduler& s, std::coroutine_handle<> h) { s.ready_.push_back(h); }
+  static void add_timer(Scheduler& s, timer_node& t) { s.timers_.push(t); }
+  static void remove_timer(Scheduler& s, timer_node& t) noexcept { s.timers_.remove(t); }
+  static select_reactor& reactor(Scheduler& s) noexcept { return s.reactor_; }
+  static void begin_external_work(Scheduler& s) noexcept {
+    s.external_work_.fetch_add(1, std::memory_order_acq_rel);
+  }
+  static void end_external_work(Scheduler& s) noexcept {
+    s.external_work_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+};
+
+}  // namespace detail
+}  // namespace coselect

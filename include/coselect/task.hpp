@@ -1,0 +1,154 @@
+// coselect::Task<T>: the coroutine type of coselect.
+#pragma once
+
+#include <coroutine>
+#include <exception>
+#include <stdexcept>
+#include <type_traits>
+#include <utility>
+#include <variant>
+
+namespace coselect {
+
+template <class T = void>
+class Task;
+
+namespace detail {
+
+struct task_promise_base;
+
+// Who learns that a task with no awaiting coroutine finished: the Scheduler, for the tasks it
+// runs (run) or owns (spawn).
+class task_owner {
+ public:
+  virtual void task_finished(task_promise_base& promise,
+                             std::coroutine_handle<> frame) noexcept = 0;
+
+ protected:
+  ~task_owner() = default;
+};
+
+struct task_promise_base {
+  std::coroutine_handle<> continuation{};
+  std::exception_ptr exception{};
+  task_owner* owner = nullptr;  // set while a scheduler runs or owns this frame at the top
+  task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
+  task_promise_base* owned_prev = nullptr;
+  std::coroutine_handle<> owned_frame{};  // this frame, type-erased, while owned
+
+  std::suspend_always initial_suspend() const noexcept { return {}; }
+
+  struct final_awaiter {
+    bool await_ready() const noexcept { return false; }
+    template <class Promise>
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> frame) const noexcept {
+      task_promise_base& p = frame.promise();
+      if (p.continuation) return p.continuation;  // symmetric transfer: no stack growth
+      if (p.owner != nullptr) p.owner->task_finished(p, frame);  // may destroy the frame
+      return std::noop_coroutine();
+    }
+    void await_resume() const noexcept {}
+  };
+  final_awaiter final_suspend() const noexcept { return {}; }
+
+  void unhandled_exception() noexcept { exception = std::current_exception(); }
+};
+
+template <class T>
+struct task_promise : task_promise_base {
+  std::variant<std::monostate, T> value;
+
+  Task<T> get_return_object() noexcept;
+
+  template <class U = T>
+  requires std::is_convertible_v<U&&, T>
+  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
+    value.template emplace<1>(std::forward<U>(v));
+  }
+
+  T take() {
+    if (exception) std::rethrow_exception(exception);
+    return std::move(std::get<1>(value));
+  }
+};
+
+template <>
+struct task_promise<void> : task_promise_base {
+  Task<void> get_return_object() noexcept;
+  void return_void() const noexcept {}
+  void take() const {
+    if (exception) std::rethrow_exception(exception);
+  }
+};
+
+}  // namespace detail
+
+// Task<T> — a lazy coroutine producing T (or void).
+//
+// Contract: nothing runs until the task is co_awaited, handed to Scheduler::run, or spawned.
+// `co_await task` starts it by symmetric transfer and resumes the awaiter, on whatever thread
+// the task finished on, with its value or its exception. Move-only; destroying a Task that has
+// not finished destroys its frame (and, through the frame, the tasks it awaits). Not
+// thread-safe: one owner at a time.
+template <class T>
+class [[nodiscard]] Task {
+ public:
+  using promise_type = detail::task_promise<T>;
+  using value_type = T;
+
+  Task() noexcept = default;
+  explicit Task(std::coroutine_handle<promise_type> frame) noexcept : frame_(frame) {}
+  Task(Task&& other) noexcept : frame_(std::exchange(other.frame_, {})) {}
+  Task& operator=(Task&& other) noexcept {
+    if (this != &other) {
+      reset();
+      frame_ = std::exchange(other.frame_, {});
+    }
+    return *this;
+  }
+  Task(const Task&) = delete;
+  Task& operator=(const Task&) = delete;
+  ~Task() { reset(); }
+
+  bool valid() const noexcept { return static_cast<bool>(frame_); }
+  bool done() const noexcept { return frame_ && frame_.done(); }
+
+  auto operator co_await() && noexcept { return awaiter{frame_}; }
+  auto operator co_await() & noexcept { return awaiter{frame_}; }
+
+  // For schedulers and combinators: give up ownership of the frame.
+  std::coroutine_handle<promise_type> release() noexcept { return std::exchange(frame_, {}); }
+  std::coroutine_handle<promise_type> handle() const noexcept { return frame_; }
+
+ private:
+  struct awaiter {
+    std::coroutine_handle<promise_type> frame;
+    bool await_ready() const noexcept { return !frame || frame.done(); }
+    std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) const noexcept {
+      frame.promise().continuation = awaiting;
+      return frame;
+    }
+    T await_resume() const {
+      if (!frame) throw std::logic_error("coselect::Task: awaiting an empty task");
+      return frame.promise().take();
+    }
+  };
+
+  void reset() noexcept {
+    if (frame_) std::exchange(frame_, {}).destroy();
+  }
+
+  std::coroutine_handle<promise_type> frame_{};
+};
+
+namespace detail {
+template <class T>
+Task<T> task_promise<T>::get_return_object() noexcept {
+  return Task<T>(std::coroutine_handle<task_promise<T>>::from_promise(*this));
+}
+inline Task<void> task_promise<void>::get_return_object() noexcept {
+  return Task<void>(std::coroutine_handle<task_promise<void>>::from_promise(*this));
+}
+}  // namespace detail
+
+}  // namespace coselect
