@@ -71,6 +71,7 @@ class Scheduler : private detail::loop_hooks,
       for (auto h : spawn_inbox_)
         h.destroy();
       spawn_inbox_.clear();
+      finished_elsewhere_.clear();  // their frames were in the owned list, destroyed above
     }
     // Waiters whose frames are not ours (driven by someone else) are forgotten, not resumed.
     while (watched_head_ != nullptr) {
@@ -152,10 +153,8 @@ class Scheduler : private detail::loop_hooks,
       ready_.push_back(frame);
       return;
     }
-    {
-      std::lock_guard lock(spawn_mutex_);
-      spawn_inbox_.push_back(frame);
-    }
+    std::lock_guard lock(spawn_mutex_);  // wake under the lock: see TaskManager::resume
+    spawn_inbox_.push_back(frame);
     wake_.set();
   }
 
@@ -237,8 +236,12 @@ class Scheduler : private detail::loop_hooks,
     scan_events();
     fire_due(limit);
     if (!failures_.empty()) return;
-    // 5. I/O: block only when nothing is ready.
-    wait_for_io(may_block && ready_.empty(), limit);
+    // 5. I/O: block only when nothing is ready. (A stop() or a root that finished elsewhere,
+    // seen only now that the wake-up event was cleared, must not be slept through.)
+    const bool finished = root_finished_ != nullptr && *root_finished_;
+    wait_for_io(may_block && ready_.empty() && !finished &&
+                    !stop_requested_.load(std::memory_order_acquire),
+                limit);
   }
 
   void absorb_posted_work() {
@@ -254,6 +257,13 @@ class Scheduler : private detail::loop_hooks,
         ready_.push_back(h);
       }
       spawned_.clear();
+      {
+        std::lock_guard lock(spawn_mutex_);
+        finished_.swap(finished_elsewhere_);
+      }
+      for (detail::task_promise_base* p : finished_)
+        finish_top_task(*p, p->owned_frame);
+      finished_.clear();
       tasks_.take_inbox(posted_);
       for (auto h : posted_)
         ready_.push_back(h);
@@ -513,8 +523,20 @@ class Scheduler : private detail::loop_hooks,
     p.owned_next = p.owned_prev = nullptr;
   }
 
+  // A task at the top (run's root or a spawned one) reached its end. It may have finished on
+  // another thread (after resume_on, say): then the loop thread does the bookkeeping.
   void task_finished(detail::task_promise_base& p,
                      std::coroutine_handle<> frame) noexcept override {
+    if (!on_loop_thread()) {
+      std::lock_guard lock(spawn_mutex_);  // wake under the lock: see TaskManager::resume
+      finished_elsewhere_.push_back(&p);
+      wake_.set();
+      return;
+    }
+    finish_top_task(p, frame);
+  }
+
+  void finish_top_task(detail::task_promise_base& p, std::coroutine_handle<> frame) noexcept {
     if (&p == root_) {
       *root_finished_ = true;
       return;  // run() takes the result and frees the frame
@@ -570,6 +592,8 @@ class Scheduler : private detail::loop_hooks,
   std::vector<std::coroutine_handle<detail::task_promise<void>>> spawn_inbox_;
   std::vector<std::coroutine_handle<detail::task_promise<void>>> spawned_;
   std::vector<std::coroutine_handle<>> posted_;
+  std::vector<detail::task_promise_base*> finished_elsewhere_;  // guarded by spawn_mutex_
+  std::vector<detail::task_promise_base*> finished_;
 
   detail::task_promise_base* owned_head_ = nullptr;
   detail::task_promise_base* root_ = nullptr;

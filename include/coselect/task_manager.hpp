@@ -189,7 +189,6 @@ class TaskHandle {
   void reinstall(std::optional<time_point> when) {
     if (!record_) return;
     detail::task_queue& q = *record_->queue;
-    bool wake = false;
     {
       std::lock_guard lock(q.mutex);
       if (q.host == nullptr) return;
@@ -204,9 +203,8 @@ class TaskHandle {
       record_->keep_alive = record_;
       q.heap.push(*record_);
       q.publish_earliest();
-      wake = !q.host->on_loop_thread();
+      if (!q.host->on_loop_thread()) q.host->wake();  // under the lock: see TaskManager::resume
     }
-    if (wake) q.host->wake();
   }
 
   std::shared_ptr<detail::task_record> record_;
@@ -276,7 +274,8 @@ class TaskManager {
     auto record = make_record(std::forward<F>(f));
     record->interval = step;
     record->offset = detail::saturating_ns(offset);
-    return install(std::move(record), next_grid_due(*record));
+    const time_point first = next_grid_due(*record);
+    return install(std::move(record), first);
   }
 
   // Resumes h on the loop thread (from any thread; never inline).
@@ -285,11 +284,11 @@ class TaskManager {
       host().make_ready(h);
       return;
     }
-    {
-      std::lock_guard lock(queue_->mutex);
-      queue_->inbox.push_back(h);
-    }
-    host().wake();
+    // Wake while holding the lock: once the loop can drain the inbox, this call may not
+    // touch the scheduler any more (it may finish its run and be destroyed).
+    std::lock_guard lock(queue_->mutex);
+    queue_->inbox.push_back(h);
+    queue_->host->wake();
   }
 
   // Number of installed tasks waiting to run (diagnostics and tests).
@@ -377,7 +376,6 @@ class TaskManager {
   }
 
   TaskHandle install(std::shared_ptr<detail::task_record> record, time_point due) {
-    bool wake;
     {
       std::lock_guard lock(queue_->mutex);
       record->due = due;
@@ -385,9 +383,8 @@ class TaskManager {
       record->keep_alive = record;
       queue_->heap.push(*record);
       queue_->publish_earliest();
-      wake = !queue_->host->on_loop_thread();
+      if (!queue_->host->on_loop_thread()) queue_->host->wake();  // under the lock: see resume()
     }
-    if (wake) host().wake();
     return TaskHandle(std::move(record));
   }
 

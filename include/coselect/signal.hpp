@@ -1,0 +1,119 @@
+// SignalSet: await POSIX signals in a coroutine (the self-pipe trick, on a WaitableEvent).
+#pragma once
+
+#include <signal.h>
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <initializer_list>
+#include <optional>
+#include <stdexcept>
+#include <system_error>
+#include <vector>
+
+#include "task.hpp"
+#include "waitable_event.hpp"
+
+namespace coselect {
+
+// SignalSet — catches the given signals while it lives, so coroutines can co_await them.
+//
+// Nothing happens behind the user's back: the constructor installs handlers for exactly the
+// signals named (throws std::invalid_argument for a signal another SignalSet holds, or one
+// outside 1..63 or uncatchable), and the destructor restores the dispositions it replaced.
+// The handler only records the signal and sets a WaitableEvent (async-signal-safe). wait()
+// is for coroutines on a Scheduler; poll() for anyone. Destroy it on the thread that made it
+// after its waiters are gone.
+class SignalSet {
+ public:
+  SignalSet(std::initializer_list<int> signals) {
+    for (int sig : signals) {
+      if (sig <= 0 || sig >= 64 || sig == SIGKILL || sig == SIGSTOP) {
+        restore();
+        throw std::invalid_argument("coselect::SignalSet: signal cannot be caught");
+      }
+      SignalSet* expected = nullptr;
+      if (!owners()[sig].compare_exchange_strong(expected, this)) {
+        restore();
+        throw std::invalid_argument("coselect::SignalSet: signal already held by another set");
+      }
+      struct sigaction action {};
+      action.sa_handler = &SignalSet::on_signal;
+      action.sa_flags = SA_RESTART;
+      sigemptyset(&action.sa_mask);
+      struct sigaction previous {};
+      if (::sigaction(sig, &action, &previous) != 0) {
+        const int error = errno;
+        owners()[sig].store(nullptr);
+        restore();
+        detail::throw_errno(error, "coselect::SignalSet: sigaction");
+      }
+      installed_.push_back({sig, previous});
+    }
+  }
+  SignalSet(const SignalSet&) = delete;
+  SignalSet& operator=(const SignalSet&) = delete;
+  ~SignalSet() { restore(); }
+
+  // Takes one caught signal (the lowest-numbered pending one) without waiting.
+  std::optional<int> poll() noexcept {
+    std::uint64_t p = pending_.load(std::memory_order_acquire);
+    while (p != 0) {
+      const int sig = __builtin_ctzll(p);
+      if (pending_.compare_exchange_weak(p, p & ~(std::uint64_t{1} << sig),
+                                         std::memory_order_acq_rel)) {
+        return sig;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // co_await set.wait(): the next caught signal's number. Signals caught while nobody waits
+  // are kept (once per signal number, like the kernel's pending set).
+  Task<int> wait() {
+    for (;;) {
+      if (auto sig = poll()) co_return *sig;
+      arrived_.clear();
+      if (auto sig = poll()) co_return *sig;
+      co_await arrived_.wait();
+    }
+  }
+
+  // Readable while a caught signal is pending: for fd-based loops.
+  int fileno() const noexcept { return arrived_.fileno(); }
+
+ private:
+  struct installed {
+    int signal;
+    struct sigaction previous;
+  };
+
+  static std::array<std::atomic<SignalSet*>, 64>& owners() noexcept {
+    static std::array<std::atomic<SignalSet*>, 64> table{};
+    return table;
+  }
+
+  static void on_signal(int sig) noexcept {
+    const int saved_errno = errno;
+    if (SignalSet* set = owners()[sig].load(std::memory_order_acquire)) {
+      set->pending_.fetch_or(std::uint64_t{1} << sig, std::memory_order_acq_rel);
+      set->arrived_.set();
+    }
+    errno = saved_errno;
+  }
+
+  void restore() noexcept {
+    for (auto it = installed_.rbegin(); it != installed_.rend(); ++it) {
+      ::sigaction(it->signal, &it->previous, nullptr);
+      owners()[it->signal].store(nullptr, std::memory_order_release);
+    }
+    installed_.clear();
+  }
+
+  std::atomic<std::uint64_t> pending_{0};
+  WaitableEvent arrived_;
+  std::vector<installed> installed_;
+};
+
+}  // namespace coselect

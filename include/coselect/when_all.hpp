@@ -1,0 +1,174 @@
+// when_all: run tasks concurrently, collect their results.
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <cstddef>
+#include <exception>
+#include <iterator>
+#include <ranges>
+#include <stdexcept>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <variant>
+#include <vector>
+
+#include "task.hpp"
+
+namespace coselect {
+
+namespace detail {
+
+// Counts finished children; the last one to finish resumes the parent (by symmetric transfer,
+// on whatever thread it finished on). The extra count held by the starter keeps a child that
+// finishes synchronously from resuming the parent before the parent has suspended.
+struct when_all_latch {
+  explicit when_all_latch(std::size_t children) noexcept : remaining(children + 1) {}
+  std::atomic<std::size_t> remaining;
+  std::coroutine_handle<> parent{};
+
+  bool arrive() noexcept { return remaining.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+};
+
+// A tiny coroutine per child: awaits the child's completion (without taking its result) and
+// then counts down the latch.
+struct when_all_notifier {
+  struct promise_type {
+    when_all_latch* latch = nullptr;
+    when_all_notifier get_return_object() noexcept {
+      return when_all_notifier{std::coroutine_handle<promise_type>::from_promise(*this)};
+    }
+    std::suspend_always initial_suspend() const noexcept { return {}; }
+    struct final_awaiter {
+      bool await_ready() const noexcept { return false; }
+      std::coroutine_handle<> await_suspend(
+          std::coroutine_handle<promise_type> self) const noexcept {
+        when_all_latch& latch = *self.promise().latch;
+        if (latch.arrive()) return latch.parent;
+        return std::noop_coroutine();
+      }
+      void await_resume() const noexcept {}
+    };
+    final_awaiter final_suspend() const noexcept { return {}; }
+    void return_void() const noexcept {}
+    void unhandled_exception() const noexcept { std::terminate(); }  // joins never throw
+  };
+
+  explicit when_all_notifier(std::coroutine_handle<promise_type> h) noexcept : frame(h) {}
+  when_all_notifier(when_all_notifier&& other) noexcept : frame(std::exchange(other.frame, {})) {}
+  when_all_notifier& operator=(when_all_notifier&&) = delete;
+  ~when_all_notifier() {
+    if (frame) frame.destroy();
+  }
+
+  void start(when_all_latch& latch) {
+    frame.promise().latch = &latch;
+    frame.resume();
+  }
+
+  std::coroutine_handle<promise_type> frame;
+};
+
+// Awaits a task's completion without taking its value or exception.
+template <class T>
+struct completion_of {
+  Task<T>& task;
+  bool await_ready() const noexcept { return !task.valid() || task.done(); }
+  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) const noexcept {
+    task.handle().promise().continuation = awaiting;
+    return task.handle();
+  }
+  void await_resume() const noexcept {}
+};
+
+template <class T>
+when_all_notifier notify_when_done(Task<T>& task) {
+  co_await completion_of<T>{task};
+}
+
+// Starts every child and suspends the parent until all have finished.
+struct when_all_starter {
+  std::vector<when_all_notifier>& notifiers;
+  when_all_latch& latch;
+  bool await_ready() const noexcept { return notifiers.empty(); }
+  bool await_suspend(std::coroutine_handle<> parent) {
+    latch.parent = parent;
+    for (when_all_notifier& n : notifiers)
+      n.start(latch);
+    return !latch.arrive();  // all done synchronously: continue without suspending
+  }
+  void await_resume() const noexcept {}
+};
+
+template <class T>
+using when_all_value = std::conditional_t<std::is_void_v<T>, std::monostate, T>;
+
+template <class T>
+when_all_value<T> take_result(Task<T>& task) {
+  if (!task.valid()) throw std::invalid_argument("coselect::when_all: empty task");
+  if constexpr (std::is_void_v<T>) {
+    task.handle().promise().take();
+    return {};
+  } else {
+    return task.handle().promise().take();
+  }
+}
+
+template <class T>
+void rethrow_failure(Task<T>& task) {
+  if (task.valid() && task.handle().promise().exception) {
+    std::rethrow_exception(task.handle().promise().exception);
+  }
+}
+
+}  // namespace detail
+
+// co_await when_all(t1, t2, ...): runs the tasks concurrently and yields a tuple of their
+// results (std::monostate for Task<void>). If any failed, rethrows the first failure in
+// argument order, after all have finished. The children run where their awaits take them;
+// the awaiting coroutine resumes on the thread where the last one finished.
+template <class... Ts>
+Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
+  std::vector<detail::when_all_notifier> notifiers;
+  notifiers.reserve(sizeof...(Ts));
+  (notifiers.push_back(detail::notify_when_done(tasks)), ...);
+  detail::when_all_latch latch(sizeof...(Ts));
+  co_await detail::when_all_starter{notifiers, latch};
+  (detail::rethrow_failure(tasks), ...);
+  co_return std::tuple<detail::when_all_value<Ts>...>(detail::take_result(tasks)...);
+}
+
+// co_await when_all(range of Task<T>): a std::vector<T> in the range's order (void for
+// Task<void>). The range's tasks are moved from.
+template <std::ranges::input_range Range>
+requires requires(std::ranges::range_value_t<Range>& t) {
+  t.release();
+}
+auto when_all(Range&& range) -> Task<
+    std::conditional_t<std::is_void_v<typename std::ranges::range_value_t<Range>::value_type>, void,
+                       std::vector<typename std::ranges::range_value_t<Range>::value_type>>> {
+  using T = typename std::ranges::range_value_t<Range>::value_type;
+  std::vector<Task<T>> tasks;
+  for (auto&& t : range)
+    tasks.push_back(std::move(t));
+  std::vector<detail::when_all_notifier> notifiers;
+  notifiers.reserve(tasks.size());
+  for (Task<T>& t : tasks)
+    notifiers.push_back(detail::notify_when_done(t));
+  detail::when_all_latch latch(tasks.size());
+  co_await detail::when_all_starter{notifiers, latch};
+  for (Task<T>& t : tasks)
+    detail::rethrow_failure(t);
+  if constexpr (std::is_void_v<T>) {
+    co_return;
+  } else {
+    std::vector<T> results;
+    results.reserve(tasks.size());
+    for (Task<T>& t : tasks)
+      results.push_back(detail::take_result(t));
+    co_return results;
+  }
+}
+
+}  // namespace coselect
