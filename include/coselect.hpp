@@ -6,6 +6,7 @@
 //   when_all, signal, testing (not included here: it needs GoogleTest)  ->  coselect.hpp
 #pragma once
 
+#include "coselect/bacpypes.hpp"
 #include "coselect/clock.hpp"
 #include "coselect/dispatcher.hpp"
 #include "coselect/io.hpp"
