@@ -12,6 +12,9 @@
 // Most tests run on virtual time (TimeMachine): children finish in a chosen order, exactly and
 // deterministically, without real waiting. Coroutines only record; assertions follow run().
 
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -63,6 +66,14 @@ class ParamProbe {
  private:
   int* destroyed_;
 };
+
+// The kernel's id of the calling thread. Coroutines that change threads must not use
+// std::this_thread::get_id() for this: it calls pthread_self(), which glibc declares
+// __attribute__((const)), and clang (seen with 14) then reuses one call's result across
+// suspension points, so a coroutine resumed on another thread still sees the old id.
+long thread_id() {
+  return ::syscall(SYS_gettid);
+}
 
 // A virtual-time scheduler: sleeps decide the order in which children finish.
 struct VirtualLoop {
@@ -442,22 +453,22 @@ TEST(WhenAllThreads, ChildrenUsingRunInThreadResumeParentOnLoopThread) {
   std::condition_variable cv;
   int arrived = 0;
   struct Seen {
-    std::thread::id worker;
-    std::thread::id resumed_on;
+    long worker = 0;
+    long resumed_on = 0;
     bool met_all = false;
   };
   std::vector<Seen> seen(kChildren);
-  std::thread::id parent_on;
+  long parent_on = 0;
   auto child = [](coselect::ThreadPool& pool, std::mutex& mutex, std::condition_variable& cv,
                   int& arrived, Seen& seen) -> Task<int> {
     seen.met_all = co_await coselect::run_in_thread(pool, [&] {
-      seen.worker = std::this_thread::get_id();
+      seen.worker = thread_id();
       std::unique_lock lock(mutex);
       ++arrived;
       cv.notify_all();
       return cv.wait_for(lock, 5s, [&] { return arrived == kChildren; });
     });
-    seen.resumed_on = std::this_thread::get_id();
+    seen.resumed_on = thread_id();
     co_return 1;
   };
   auto parent = [&]() -> Task<int> {
@@ -465,18 +476,18 @@ TEST(WhenAllThreads, ChildrenUsingRunInThreadResumeParentOnLoopThread) {
     for (int i = 0; i < kChildren; ++i)
       tasks.push_back(child(pool, mutex, cv, arrived, seen[static_cast<std::size_t>(i)]));
     const std::vector<int> r = co_await when_all(std::move(tasks));
-    parent_on = std::this_thread::get_id();
+    parent_on = thread_id();
     int sum = 0;
     for (int v : r)
       sum += v;
     co_return sum;
   };
   EXPECT_EQ(s.run(parent()), kChildren);
-  const auto loop_thread = std::this_thread::get_id();
+  const long loop_thread = thread_id();
   EXPECT_EQ(parent_on, loop_thread);
   for (const Seen& x : seen) {
     EXPECT_NE(x.worker, loop_thread);
-    EXPECT_NE(x.worker, std::thread::id{});
+    EXPECT_NE(x.worker, 0);
     EXPECT_EQ(x.resumed_on, loop_thread);
     EXPECT_TRUE(x.met_all) << "the run_in_thread calls did not run concurrently";
   }
@@ -484,28 +495,40 @@ TEST(WhenAllThreads, ChildrenUsingRunInThreadResumeParentOnLoopThread) {
 
 // Children that move to another scheduler's thread (resume_on) finish there: the parent resumes
 // on the thread where the last child finished (when_all.hpp's contract), here the other loop's,
-// and gets back to its own loop with resume_on.
+// and gets back to its own loop with resume_on. (Children that all finish before the parent has
+// suspended let it continue on its own thread instead; here they wait for `go`, which a helper on
+// the home loop sets, and the helper can only run once the parent has suspended.)
 TEST(WhenAllThreads, ChildrenFinishingOnAnotherLoopResumeParentThere) {
   Scheduler home;
   Scheduler away;
-  std::thread away_thread([&] { away.run(); });
-  const auto away_id = away_thread.get_id();
-  std::vector<std::thread::id> child_on(3);
-  std::thread::id parent_after_when_all;
-  std::thread::id parent_at_end;
-  auto child = [](Scheduler& away, int v, std::thread::id& on) -> Task<int> {
+  coselect::WaitableEvent go;
+  std::atomic<long> away_id{0};
+  std::thread away_thread([&] {
+    away_id = thread_id();
+    away.run();
+  });
+  std::vector<long> child_on(3);
+  long parent_after_when_all = 0;
+  long parent_at_end = 0;
+  auto child = [](Scheduler& away, coselect::WaitableEvent& go, int v, long& on) -> Task<int> {
     co_await coselect::resume_on(away);
-    on = std::this_thread::get_id();
+    co_await go.wait();
+    on = thread_id();
     co_return v;
   };
   auto parent = [&]() -> Task<int> {
-    const auto [a, b, c] = co_await when_all(
-        child(away, 1, child_on[0]), child(away, 2, child_on[1]), child(away, 3, child_on[2]));
-    parent_after_when_all = std::this_thread::get_id();
+    const auto [a, b, c] =
+        co_await when_all(child(away, go, 1, child_on[0]), child(away, go, 2, child_on[1]),
+                          child(away, go, 3, child_on[2]));
+    parent_after_when_all = thread_id();
     co_await coselect::resume_on(home);
-    parent_at_end = std::this_thread::get_id();
+    parent_at_end = thread_id();
     co_return a * 100 + b * 10 + c;
   };
+  home.spawn([](coselect::WaitableEvent& go) -> Task<void> {
+    go.set();
+    co_return;
+  }(go));
   int result = 0;
   try {
     result = home.run(parent());
@@ -517,10 +540,10 @@ TEST(WhenAllThreads, ChildrenFinishingOnAnotherLoopResumeParentThere) {
   away.stop();
   away_thread.join();
   EXPECT_EQ(result, 123);
-  for (const auto& id : child_on)
-    EXPECT_EQ(id, away_id);
-  EXPECT_EQ(parent_after_when_all, away_id);
-  EXPECT_EQ(parent_at_end, std::this_thread::get_id());
+  for (long id : child_on)
+    EXPECT_EQ(id, away_id.load());
+  EXPECT_EQ(parent_after_when_all, away_id.load());
+  EXPECT_EQ(parent_at_end, thread_id());
 }
 
 // =================================================================================================
