@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Builds and runs every coselect benchmark side by side with its peers, then writes
+# bench/results/*.json, the charts bench/results/*.svg and the tables in bench/RESULTS.md.
+#
+#   ./bench/run.sh                 # everything, 5 repetitions (about 15-20 minutes on 2 cores)
+#   ./bench/run.sh --reps 3        # fewer repetitions
+#   ./bench/run.sh --smoke         # a few seconds: tiny workloads, 1 repetition, results to a
+#                                  # temporary directory (checks that everything runs)
+#   ./bench/run.sh --filter REGEX  # only the Google Benchmark runs matching REGEX
+#
+# Installs missing Debian packages first (set COSELECT_SKIP_DEPS=1 to skip), builds with the
+# `bench` preset (g++ Release). Timings are never checked here: this is not a test.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+source scripts/lib/ensure-deps.sh
+
+reps=5
+scale=1
+filter=""
+smoke=0
+while (($#)); do
+  case $1 in
+    --reps) reps=$2; shift 2 ;;
+    --scale) scale=$2; shift 2 ;;
+    --filter) filter=$2; shift 2 ;;
+    --smoke) smoke=1; shift ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) echo "unknown argument: $1" >&2; exit 2 ;;
+  esac
+done
+
+ensure_deps cmake g++ ninja-build pkg-config python3 time strace libbenchmark-dev libasio-dev \
+  libuv1-dev gnuplot-nox
+
+cmake --preset bench
+cmake --build --preset bench -j"$(build_jobs)"
+bin=build/bench/bench
+
+if ((smoke)); then
+  out=$(mktemp -d)
+  trap 'rm -rf "$out"' EXIT
+  for b in bench_wake bench_loop bench_timers bench_fd; do
+    "$bin/$b" --scale=0.001 --benchmark_repetitions=1 ${filter:+--benchmark_filter="$filter"} \
+      --benchmark_out="$out/$b.json" --benchmark_out_format=json
+  done
+  echo "smoke run OK (results discarded)"
+  exit 0
+fi
+
+results=bench/results
+mkdir -p "$results"
+load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+
+for b in bench_loop bench_timers bench_fd bench_wake; do
+  echo "==> $b"
+  "$bin/$b" --scale="$scale" --benchmark_repetitions="$reps" \
+    --benchmark_display_aggregates_only=true ${filter:+--benchmark_filter="$filter"} \
+    --benchmark_out="$results/$b.json" --benchmark_out_format=json
+done
+
+if [[ -z $filter ]]; then
+  echo "==> system calls per operation (strace)"
+  python3 bench/syscall_probe.py --bin-dir "$bin" --out "$results/syscalls.json"
+  echo "==> compile cost"
+  python3 bench/compile_cost.py --reps "$reps" --out "$results/compile.json"
+fi
+
+python3 - "$results/machine.json" "$load_before" "$reps" "$scale" <<'PY'
+import json, platform, re, subprocess, sys, datetime
+out, load_before, reps, scale = sys.argv[1:]
+def sh(*cmd):
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
+    except OSError:
+        return "?"
+lscpu = sh("lscpu")
+field = lambda k: (re.search(rf"^{k}:\s*(.+)$", lscpu, re.M) or [None, "?"])[1]
+asio = re.search(r"ASIO_VERSION (\d+)", open("/usr/include/asio/version.hpp").read()).group(1)
+asio = f"{int(asio) // 100000}.{int(asio) // 100 % 1000}.{int(asio) % 100}"
+json.dump({
+    "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+    "cpu": field("Model name"), "cores": field("CPU\\(s\\)"),
+    "threads_per_core": field("Thread\\(s\\) per core"), "kernel": platform.release(),
+    "compiler": sh("g++", "--version").splitlines()[0],
+    "asio": asio, "libuv": sh("pkg-config", "--modversion", "libuv"),
+    "benchmark": sh("dpkg-query", "-W", "-f=${Version}", "libbenchmark-dev"),
+    "load_before": load_before, "load_after": " ".join(open("/proc/loadavg").read().split()[:3]),
+    "reps": int(reps), "scale": float(scale),
+}, open(out, "w"), indent=2)
+PY
+
+python3 bench/report.py
