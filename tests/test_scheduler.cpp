@@ -1343,7 +1343,7 @@ TEST(SchedulerTime, RunForReturnsAfterTheDurationAndFiresOnlyTimersDueWithin) {
   EXPECT_TRUE(early);
   EXPECT_TRUE(mid);
   EXPECT_FALSE(late) << "a timer due after the limit fired (even a late return must not fire it)";
-  s.run_for(1s);
+  s.run_until(t0 + 900ms);
   EXPECT_TRUE(late);
 }
 
@@ -1378,6 +1378,20 @@ TEST(SchedulerTime, RunUntilReturnsAtTheLimitAndFiresOnlyTimersDueBefore) {
   EXPECT_LT(s.now(), limit + kLate);
   EXPECT_TRUE(before);
   EXPECT_FALSE(after);
+}
+
+// run_for(d) runs until now() reaches now()+d: a coroutine that keeps yielding (never idle) must
+// not keep it running past the limit. Guards the fix of the previous BUG: waiting for an empty
+// ready queue before returning (quiescent_at() in real time too) would make this hang.
+TEST(SchedulerTime, RunForReturnsWhileACoroutineKeepsYielding) {
+  Scheduler s;
+  LifeCount locals;
+  s.spawn(yield_forever(locals));
+  Deadman deadman(s, 100ms + kLate + 2s);
+  const auto took = elapsed([&] { s.run_for(100ms); });
+  EXPECT_FALSE(deadman.fired()) << "run_for(100ms) did not return while a coroutine yielded";
+  EXPECT_GE(took, 100ms);
+  EXPECT_LT(took, 100ms + kLate);
 }
 
 TEST(SchedulerTime, LimitsInThePastReturnPromptly) {
@@ -1589,14 +1603,19 @@ class SelfDeleting : public coselect::Dispatcher {
 // then destroys itself (or another one) in a handler is touched after its death. Proposed fix:
 // on remove_dispatcher() null out the dispatcher's entry in snapshot_ (or keep a per-poll
 // "removed" set) and test the entry, never the object, after a handler ran.
+// Runs in a death-test child process so that an ASan report fails this test only.
 TEST(SchedulerDispatcher, RemovingAndDestroyingItselfInsideHandleReadIsSafe) {
-  Pipe p;
-  p.put();
-  Scheduler s;
-  int reads = 0;
-  s.add_dispatcher(*new SelfDeleting(s, p.read_end, reads));
-  s.run_for(50ms);
-  EXPECT_EQ(reads, 1);
+  EXPECT_EXIT(
+      {
+        Pipe p;
+        p.put();
+        Scheduler s;
+        int reads = 0;
+        s.add_dispatcher(*new SelfDeleting(s, p.read_end, reads));
+        s.run_for(50ms);
+        std::_Exit(reads == 1 ? 0 : 2);
+      },
+      testing::ExitedWithCode(0), "");
 }
 
 TEST(SchedulerDispatcher, ClosedFdLeadsToHandleCloseAndRemovalWithoutKillingTheLoop) {
