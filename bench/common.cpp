@@ -37,6 +37,7 @@ double max_of(const std::vector<double>& v) {
 __attribute__((weak)) bool heap_counting() {
   return false;
 }
+__attribute__((weak)) void set_heap_counting(bool) {}
 __attribute__((weak)) std::int64_t live_heap_bytes() {
   return 0;
 }
@@ -77,12 +78,14 @@ void Stopwatch::stop(benchmark::State& state, std::int64_t ops) {
 
 void MemoryProbe::begin() {
   trim_heap();
+  set_heap_counting(true);
   heap_ = live_heap_bytes();
   rss_ = resident_bytes();
 }
 
 void MemoryProbe::at_peak(benchmark::State& state, std::int64_t ops) {
   const std::int64_t heap = live_heap_bytes();
+  set_heap_counting(false);
   const std::int64_t rss = resident_bytes();
   if (heap_counting()) {
     state.counters["heap_B_per_op"] = static_cast<double>(heap - heap_) / static_cast<double>(ops);

@@ -26,6 +26,7 @@ double scale();
 // differences between two readings on one thread mean anything. Binaries that do not link the
 // counter report heap_counting() == false.
 bool heap_counting();
+void set_heap_counting(bool on);
 std::int64_t live_heap_bytes();
 // Resident set size of the process now, in bytes; trim_heap() first returns free memory to the
 // kernel so that a later reading counts what a workload added.
