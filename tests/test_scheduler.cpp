@@ -79,6 +79,10 @@ constexpr std::chrono::seconds kGiveUp = 10s;
 // CPU an idle second may cost (a spinning loop would burn ~1 s).
 constexpr double kIdleCpuSeconds = 0.1;
 
+// The kernel's id of the calling thread. Used instead of std::this_thread::get_id() inside
+// coroutines: pthread_self() is declared __attribute__((const)), and clang may reuse a value
+// computed before a co_await after the coroutine resumed on another thread
+// (llvm/llvm-project#47177); syscall() is opaque to the optimiser.
 pid_t current_tid() noexcept {
   return static_cast<pid_t>(::syscall(SYS_gettid));
 }
@@ -239,7 +243,6 @@ class LoopThread {
         error_ = std::current_exception();
       }
     });
-    id_ = thread_.get_id();
     started_.wait_for();
   }
   LoopThread(const LoopThread&) = delete;
@@ -252,14 +255,12 @@ class LoopThread {
       thread_.join();
     }
   }
-  std::thread::id id() const { return id_; }
   pid_t tid() const { return tid_.load(); }
   std::exception_ptr error() const { return error_; }
 
  private:
   Scheduler& scheduler_;
   std::thread thread_;
-  std::thread::id id_;
   std::atomic<pid_t> tid_{0};
   Signal started_;
   std::exception_ptr error_;
@@ -757,15 +758,15 @@ TEST(SchedulerSpawn, SpawnedBeforeRunStartBeforeThoseTheRootSpawnsLater) {
   EXPECT_EQ(order, expected);
 }
 
-Task<void> record_thread_and_stop(Scheduler& s, std::thread::id& where) {
-  where = std::this_thread::get_id();
+Task<void> record_thread_and_stop(Scheduler& s, pid_t& where) {
+  where = current_tid();
   s.stop();
   co_return;
 }
 
 TEST(SchedulerSpawn, FromAnotherThreadWakesABlockedLoop) {
   Scheduler s;
-  std::thread::id where;
+  pid_t where = 0;
   const pid_t loop_tid = current_tid();
   std::thread spawner([&] {
     await_in_select(loop_tid);
@@ -775,18 +776,18 @@ TEST(SchedulerSpawn, FromAnotherThreadWakesABlockedLoop) {
   s.run();
   spawner.join();
   EXPECT_FALSE(deadman.fired()) << "a spawn from another thread did not wake the loop";
-  EXPECT_EQ(where, std::this_thread::get_id()) << "spawned tasks run on the loop thread";
+  EXPECT_EQ(where, current_tid()) << "spawned tasks run on the loop thread";
 }
 
-Task<void> record_thread(std::thread::id& where, std::atomic<int>& count) {
-  where = std::this_thread::get_id();
+Task<void> record_thread(pid_t& where, std::atomic<int>& count) {
+  where = current_tid();
   ++count;
   co_return;
 }
 
 TEST(SchedulerSpawn, BeforeRunWaitsForRun) {
   Scheduler s;
-  std::thread::id here, there;
+  pid_t here = 0, there = 0;
   std::atomic<int> count{0};
   s.spawn(record_thread(here, count));
   std::thread([&] { s.spawn(record_thread(there, count)); }).join();
@@ -794,8 +795,8 @@ TEST(SchedulerSpawn, BeforeRunWaitsForRun) {
   s.spawn(stop_scheduler(s, 1));
   s.run();
   EXPECT_EQ(count, 2);
-  EXPECT_EQ(here, std::this_thread::get_id());
-  EXPECT_EQ(there, std::this_thread::get_id()) << "queued from another thread, run on the loop";
+  EXPECT_EQ(here, current_tid());
+  EXPECT_EQ(there, current_tid()) << "queued from another thread, run on the loop";
 }
 
 TEST(SchedulerSpawn, EscapingExceptionMakesRunRethrow) {
@@ -830,9 +831,9 @@ TEST(SchedulerSpawn, EscapingExceptionMakesRunTaskRethrow) {
 TEST(SchedulerSpawn, ExceptionHandlerReplacesThePolicy) {
   Scheduler s;
   std::vector<std::string> handled;
-  std::thread::id handler_thread;
+  pid_t handler_thread = 0;
   s.set_exception_handler([&](std::exception_ptr e) {
-    handler_thread = std::this_thread::get_id();
+    handler_thread = current_tid();
     try {
       std::rethrow_exception(e);
     } catch (const std::exception& x) {
@@ -845,7 +846,7 @@ TEST(SchedulerSpawn, ExceptionHandlerReplacesThePolicy) {
   s.run();  // must not throw: the handler took both failures
   const std::vector<std::string> expected = {"boom 1", "boom 2"};
   EXPECT_EQ(handled, expected);
-  EXPECT_EQ(handler_thread, std::this_thread::get_id());
+  EXPECT_EQ(handler_thread, current_tid());
   EXPECT_EQ(s.run(value_after_turns(1, 3)), 3) << "the loop continues after handled failures";
 }
 
@@ -1132,7 +1133,7 @@ struct LoopProbe {
   std::atomic<int> wrong_current{0};
   std::atomic<int> mark{0};  // when > 0: signal `passed_mark` once ticks reach it
   std::atomic<bool> event_resumed{false};
-  std::thread::id event_thread;
+  pid_t event_thread = 0;
   Signal five_ticks, passed_mark, event_seen;
 };
 
@@ -1149,7 +1150,7 @@ Task<void> ticker(Scheduler& self, LoopProbe& p) {
 
 Task<void> probe_event(WaitableEvent& ev, LoopProbe& p) {
   co_await ev.wait();
-  p.event_thread = std::this_thread::get_id();
+  p.event_thread = current_tid();
   p.event_resumed.store(true);
   p.event_seen.set();
 }
@@ -1168,7 +1169,7 @@ TEST(SchedulerMany, TwoLoopsOnTwoThreadsAreIndependent) {
 
   e1.set();
   ASSERT_TRUE(p1.event_seen.wait_for());
-  EXPECT_EQ(p1.event_thread, t1.id());
+  EXPECT_EQ(p1.event_thread, t1.tid());
   EXPECT_FALSE(p2.event_resumed) << "setting e1 must not release s2's waiter on e2";
 
   t1.stop_and_join();  // stopping s1 ...
@@ -1177,7 +1178,7 @@ TEST(SchedulerMany, TwoLoopsOnTwoThreadsAreIndependent) {
   ASSERT_TRUE(p2.passed_mark.wait_for()) << "... must not stop s2";
   e2.set();
   ASSERT_TRUE(p2.event_seen.wait_for());
-  EXPECT_EQ(p2.event_thread, t2.id());
+  EXPECT_EQ(p2.event_thread, t2.tid());
   t2.stop_and_join();
 
   EXPECT_EQ(p1.ticks.load(), s1_ticks) << "s1 ticked after it was stopped";
@@ -1749,12 +1750,11 @@ TEST(SchedulerDispatcher, AfterAHandlerExceptionAnIdleLoopStillSleeps) {
 // 11. resume_on(other scheduler)
 // =================================================================================================
 
-Task<int> hop_and_finish(Scheduler& other, std::thread::id& before, std::thread::id& after,
-                         LifeCount& locals) {
+Task<int> hop_and_finish(Scheduler& other, pid_t& before, pid_t& after, LifeCount& locals) {
   Tracked local(locals);
-  before = std::this_thread::get_id();
+  before = current_tid();
   co_await coselect::resume_on(other);
-  after = std::this_thread::get_id();
+  after = current_tid();
   co_return 42;
 }
 
@@ -1764,7 +1764,7 @@ TEST(SchedulerResumeOn, TaskFinishingOnAnotherSchedulerCompletesRun) {
   LifeCount locals;
   constexpr int kRounds = kSanitized ? 20 : 100;  // repeated: the hand-over races with the end
   for (int i = 0; i < kRounds; ++i) {
-    std::thread::id before, after;
+    pid_t before = 0, after = 0;
     Deadman deadman(a);
     int v = 0;
     try {
@@ -1774,21 +1774,21 @@ TEST(SchedulerResumeOn, TaskFinishingOnAnotherSchedulerCompletesRun) {
     }
     ASSERT_FALSE(deadman.fired()) << "round " << i << ": the original loop was never woken";
     EXPECT_EQ(v, 42);
-    EXPECT_EQ(before, std::this_thread::get_id());
-    EXPECT_EQ(after, tb.id()) << "the second half must run on the other scheduler's thread";
+    EXPECT_EQ(before, current_tid());
+    EXPECT_EQ(after, tb.tid()) << "the second half must run on the other scheduler's thread";
     EXPECT_EQ(locals.alive(), 0) << "run() frees the frame after taking the result";
   }
 }
 
-Task<std::vector<std::thread::id>> round_trip(Scheduler& home, Scheduler& away) {
-  std::vector<std::thread::id> where;
-  where.push_back(std::this_thread::get_id());
+Task<std::vector<pid_t>> round_trip(Scheduler& home, Scheduler& away) {
+  std::vector<pid_t> where;
+  where.push_back(current_tid());
   co_await coselect::resume_on(away);
-  where.push_back(std::this_thread::get_id());
+  where.push_back(current_tid());
   co_await coselect::sleep_for(1ms);  // timers of the other loop work too
-  where.push_back(std::this_thread::get_id());
+  where.push_back(current_tid());
   co_await coselect::resume_on(home);
-  where.push_back(std::this_thread::get_id());
+  where.push_back(current_tid());
   co_return where;
 }
 
@@ -1798,9 +1798,57 @@ TEST(SchedulerResumeOn, RoundTripComesBackToTheOriginalThread) {
   Deadman deadman(a);
   const auto where = a.run(round_trip(a, b));
   EXPECT_FALSE(deadman.fired());
-  const auto me = std::this_thread::get_id();
-  const std::vector<std::thread::id> expected = {me, tb.id(), tb.id(), me};
+  const auto me = current_tid();
+  const std::vector<pid_t> expected = {me, tb.tid(), tb.tid(), me};
   EXPECT_EQ(where, expected);
+}
+
+struct HopTrace {
+  std::vector<Scheduler*> current;
+  std::vector<pid_t> tids;
+};
+
+// Reads Scheduler::current() (a thread_local) on the home thread, hops, then reads it and uses
+// awaitables that need it (they look the scheduler up through it) on the other thread.
+Task<int> hop_then_await(Scheduler& away, HopTrace& t) {
+  t.current.push_back(Scheduler::current());
+  co_await coselect::yield_now();
+  t.current.push_back(Scheduler::current());
+  t.tids.push_back(current_tid());
+  co_await coselect::resume_on(away);
+  t.current.push_back(Scheduler::current());
+  t.tids.push_back(current_tid());
+  co_await coselect::sleep_for(1ms);  // must register with `away`, the loop it now runs on
+  t.current.push_back(Scheduler::current());
+  t.tids.push_back(current_tid());
+  co_await coselect::yield_now();
+  t.current.push_back(Scheduler::current());
+  t.tids.push_back(current_tid());
+  co_return 1;
+}
+
+// Guards against a known clang hazard (llvm/llvm-project#47179): Scheduler::current() and the
+// awaitables read the thread_local detail::running_loop; inlined into a coroutine, clang may
+// reuse a TLS address computed before a co_await after the coroutine resumed on another thread,
+// so sleep_for/yield_now would register with the old loop from the new thread. Passes with
+// clang 14 (-O1 TSan, -O2) and g++ 12 today; this test's own thread ids had exactly that problem
+// with std::this_thread::get_id() (see current_tid()).
+TEST(SchedulerResumeOn, AwaitablesAfterAHopUseTheNewScheduler) {
+  Scheduler a, b;
+  LoopThread tb(b);
+  Deadman deadman(a);
+  HopTrace t;
+  try {
+    (void)a.run(hop_then_await(b, t));
+  } catch (const std::exception& e) {
+    ADD_FAILURE() << e.what();
+  }
+  EXPECT_FALSE(deadman.fired());
+  const std::vector<Scheduler*> expected_current = {&a, &a, &b, &b, &b};
+  EXPECT_EQ(t.current, expected_current) << "&a = " << &a << ", &b = " << &b;
+  const pid_t me = current_tid();
+  const std::vector<pid_t> expected_tids = {me, tb.tid(), tb.tid(), tb.tid()};
+  EXPECT_EQ(t.tids, expected_tids);
 }
 
 Task<int> hop_and_throw(Scheduler& other) {
