@@ -128,7 +128,9 @@ class Scheduler : private detail::loop_hooks,
     drive([] { return false; }, std::nullopt, [] {});
   }
 
-  // Runs until now() reaches now() + d; tasks due exactly then run (the limit is inclusive).
+  // Runs until now() reaches now() + d and nothing is left to do at that instant: timers due
+  // exactly at the limit fire (it is inclusive), and the coroutines they and earlier work made
+  // ready run, without blocking. (A coroutine that never stops yielding keeps it running.)
   template <class Rep, class Period>
   void run_for(std::chrono::duration<Rep, Period> d) {
     run_until(detail::saturating_add<clock>(now(), d));
@@ -211,8 +213,8 @@ class Scheduler : private detail::loop_hooks,
       }
       if (stop) return;
       if (limit) {
-        if (reached_limit && (!clock_.is_virtual() || quiescent_at(*limit))) return;
-        reached_limit = now() >= *limit;
+        if (reached_limit && quiescent_at(*limit)) return;
+        reached_limit = reached_limit || now() >= *limit;
       }
     }
   }
