@@ -2,6 +2,7 @@
 """Turns bench/results/*.json into the tables of bench/RESULTS.md (between its markers) and the
 charts bench/results/ratios.svg and bench/results/fd_scaling.svg (gnuplot)."""
 import json
+import math
 import os
 import re
 import statistics
@@ -77,10 +78,10 @@ COMPARISONS = [
      CPU, None, ""),
     ("fd scaling, 1000 idle", "wake", "fd/coselect_select/idle:1000", "fd/asio_epoll/idle:1000",
      CPU, None, ""),
-    ("compile hello world", "build", "compile/coselect", "compile/asio", "wall_s", 0.5, "<= 0.5"),
+    ("compile hello world", "build", "compile/coselect", "compile/asio", "cpu_s", 0.5, "<= 0.5"),
     ("compile hello world", "build", "compile/coselect", "compile/asio", "peak_rss_MiB", 0.5,
      "<= 0.5"),
-    ("compile hello world", "build", "compile/coselect", "compile/std", "wall_s", None, ""),
+    ("compile hello world", "build", "compile/coselect", "compile/std", "cpu_s", None, ""),
 ]
 
 # DESIGN §6 absolute goals: (work, coselect, metric, goal, goal text)
@@ -96,7 +97,7 @@ ABSOLUTE = [
     ("1M one-shot timers, call_later", "timers/coselect_call_later", HEAP, 32, "<= 32 B"),
     ("1M one-shot timers, sleep_for", "timers/coselect_sleep_for", CPU, 300, "<= 300 ns CPU"),
     ("1M one-shot timers, sleep_for", "timers/coselect_sleep_for", HEAP, 32, "<= 32 B"),
-    ("compile hello world (g++ -O2)", "compile/coselect", "wall_s", 1.0, "<= 1.0 s"),
+    ("compile hello world (g++ -O2)", "compile/coselect", "cpu_s", 1.0, "<= 1.0 s"),
     ("compile hello world (g++ -O2)", "compile/coselect", "peak_rss_MiB", 160, "<= 160 MiB"),
 ]
 
@@ -158,11 +159,19 @@ def read_json(fn):
         return json.load(f)
 
 
-def gnuplot(script):
-    try:
-        subprocess.run(["gnuplot"], input=script, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError) as e:
-        print(f"warning: gnuplot failed ({e}); charts not updated", file=sys.stderr)
+def gnuplot(base, width, height, body):
+    """Renders one chart to results/<base>.svg and results/<base>.png."""
+    terminals = [
+        (f"svg size {width},{height} dynamic font 'sans,11' background '#ffffff'", "svg"),
+        (f"pngcairo size {width},{height} font 'sans,10' background '#ffffff'", "png"),
+    ]
+    for terminal, ext in terminals:
+        script = (f"set terminal {terminal}\n"
+                  f"set output '{os.path.join(RESULTS, base + '.' + ext)}'\n{body}")
+        try:
+            subprocess.run(["gnuplot"], input=script, text=True, check=True)
+        except (OSError, subprocess.CalledProcessError) as e:
+            print(f"warning: gnuplot failed ({e}); {base}.{ext} not updated", file=sys.stderr)
 
 
 def ratio_chart(rows):
@@ -172,20 +181,20 @@ def ratio_chart(rows):
             label = f"{r['workload']}: vs {r['peer_label']} ({r['metric_short']})"
             f.write(f"{i} {r['ratio']:.6g} {r['low']:.6g} {r['high']:.6g} {r['verdict_code']} "
                     f"\"{label}\"\n")
-    height = 220 + 22 * len(rows)
-    gnuplot(f"""
-set terminal svg size 1100,{height} dynamic font 'sans,11' background '#ffffff'
-set output '{os.path.join(RESULTS, 'ratios.svg')}'
+    lo = 10 ** math.floor(math.log10(min(min(r["low"] for r in rows), 0.5))) if rows else 0.01
+    hi = 10 ** math.ceil(math.log10(max(max(r["high"] for r in rows), 2))) if rows else 100
+    gnuplot("ratios", 1100, 220 + 22 * len(rows), f"""
 set title 'coselect / peer (median; bars: min..max range), log scale: left of 1 = coselect faster or smaller'
+set termoption noenhanced
 set logscale x 10
-set xrange [0.01:1000]
+set xrange [{lo:g}:{hi:g}]
 set format x '%g'
 set grid xtics
-set yrange [-1:{len(rows)}]
+set yrange [{len(rows)}:-1]
 set ytics ({', '.join(f'"{r["label_escaped"]}" {i}' for i, r in enumerate(rows))}) font 'sans,9'
 set ytics nomirror
 set arrow from 1, graph 0 to 1, graph 1 nohead lc rgb '#444444' lw 1.5
-set key top right
+set key outside bottom center horizontal
 set lmargin 62
 plot '{data}' using ($5==1?$2:1/0):1:3:4 with xerrorbars pt 7 ps 0.9 lc rgb '#1a9850' title 'target holds', \\
      '{data}' using ($5==2?$2:1/0):1:3:4 with xerrorbars pt 7 ps 0.9 lc rgb '#d73027' title 'target missed', \\
@@ -206,10 +215,9 @@ def fd_chart(runs):
             f.write("\n\n")
     plots = ", ".join(f"'{data}' index {i} using 1:2:3:4 with yerrorlines lw 2 title '{impl}'"
                       for i, impl in enumerate(impls))
-    gnuplot(f"""
-set terminal svg size 800,480 dynamic font 'sans,11' background '#ffffff'
-set output '{os.path.join(RESULTS, 'fd_scaling.svg')}'
+    gnuplot("fd_scaling", 800, 480, f"""
 set title 'Cost of one wake with N idle fds watched (median CPU ns; bars: min..max)'
+set termoption noenhanced
 set logscale xy 10
 set xrange [7:1400]
 set xlabel 'idle fds watched'
