@@ -473,6 +473,36 @@ TEST(VirtualTime, HourLongSleepsTakeWellUnderASecond) {
   EXPECT_LT(real, 1s);
 }
 
+// A virtual clock may start at any wall time, also late in the range of the clock's 64-bit
+// nanoseconds (which ends in 2262): sleeps there still last as long as asked, and huge ones still
+// mean "practically forever".
+// BUG: fails today. detail::saturating_add clamps every deadline to max/2 ns (year ~2116), not to
+// the end of the range: on a clock already past that point, now + 1h is "clamped" to a time in
+// the past and every sleep, timeout and call_later fires at once. Proposed fix: saturate at the
+// representable end of the range (`base > max - step ? max : base + step`, and symmetrically for
+// negative steps), or clamp relative to `now` rather than to a fixed max/2.
+TEST(VirtualTime, ClockStartingInTheFarFutureStillSleeps) {
+  using namespace std::chrono;
+  coselect::TimeMachine tm(sys_days{year(2200) / January / 1});
+  Scheduler s(tm);
+  const auto t0 = s.now();
+  Scheduler::duration slept{};
+  bool huge_fired = false;
+  s.spawn([](Scheduler& s, Scheduler::duration& slept) -> Task<void> {
+    const auto start = s.now();
+    co_await sleep_for(1h);
+    slept = s.now() - start;
+  }(s, slept));
+  s.spawn([](bool& fired) -> Task<void> {
+    co_await sleep_for(hours::max());
+    fired = true;
+  }(huge_fired));
+  s.run_for(2h);
+  EXPECT_EQ(slept, 1h);
+  EXPECT_FALSE(huge_fired);
+  EXPECT_EQ(s.now() - t0, 2h);
+}
+
 // run_for limits are inclusive: a sleep due exactly at the limit has run when run_for returns.
 TEST(VirtualTime, SleepDueAtTheRunForLimitRuns) {
   coselect::TimeMachine tm;
