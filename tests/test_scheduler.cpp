@@ -1348,15 +1348,9 @@ TEST(SchedulerTime, RunForReturnsAfterTheDurationAndFiresOnlyTimersDueWithin) {
   EXPECT_TRUE(late);
 }
 
-// BUG: with real time, a timer due exactly at the limit is popped (fire_due clamps to the limit,
-// inclusively) but its coroutine is not resumed before run_until()/run_for() returns: drive()
-// sets `reached_limit` in iteration k, and iteration k+1 (non-blocking) fires the timer into
-// ready_ and then returns at once (`if (reached_limit && !virtual) return`). The waiter runs
-// only at the start of the next run*. The same happens to any timer due shortly before the limit
-// when the loop wakes up late (a loaded machine). Virtual time is fine (quiescent_at()).
-// Proposed fix: return only after an iteration that fired no timer or task due <= limit (those
-// are finite, so a yield_now() loop still cannot keep run_for going), or resume the coroutines
-// made ready by the final fire_due() before returning.
+// The limit is inclusive on the real clock too: a timer due exactly at the limit fires *and* its
+// coroutine runs before run_until() returns. (Failed before f0541f3: drive() returned right
+// after the iteration that fired it, leaving the waiter in the ready queue for the next run*.)
 TEST(SchedulerTime, RunUntilRunsATimerDueExactlyAtTheLimit) {
   Scheduler s;
   const auto limit = s.now() + 100ms;
@@ -1382,8 +1376,14 @@ TEST(SchedulerTime, RunUntilReturnsAtTheLimitAndFiresOnlyTimersDueBefore) {
 }
 
 // run_for(d) runs until now() reaches now()+d: a coroutine that keeps yielding (never idle) must
-// not keep it running past the limit. Guards the fix of the previous BUG: waiting for an empty
-// ready queue before returning (quiescent_at() in real time too) would make this hang.
+// not keep it running past the limit (DESIGN §1 run_for; a periodic poller would hang tests).
+// BUG (regression in f0541f3, "drain the work that is ready at the limit, on the real clock
+// too"): drive() now returns only when quiescent_at(limit), i.e. with an empty ready queue, so a
+// yield_now() loop keeps run_for/run_until running for ever (here until the Deadman stops it).
+// Proposed fix: after reaching the limit, return after the first iteration whose fire_due()
+// released nothing due <= limit and that found nothing posted (timers/tasks <= limit are
+// finite), instead of waiting for an empty ready queue; each coroutine that was ready then has
+// had its turn, and what they released keeps its place for the next run*.
 TEST(SchedulerTime, RunForReturnsWhileACoroutineKeepsYielding) {
   Scheduler s;
   LifeCount locals;
