@@ -294,18 +294,20 @@ class Scheduler : private detail::loop_hooks,
     if (may_block) {
       auto due = next_deadline();
       if (limit && (!due || *limit < *due)) due = limit;
-      if (clock_.is_virtual() && external_work_.load(std::memory_order_acquire) == 0) {
-        // Virtual time: look at the fds without blocking; if nothing stirs, jump to the next
-        // deadline. With no deadline at all, block like the real loop.
-        select_round(std::chrono::nanoseconds::zero());
-        if (!ready_.empty() || wake_.is_set()) return;
-        if (due) {
-          clock_.machine()->advance_to(*due);
-          return;
+      if (clock_.is_virtual()) {
+        if (external_work_.load(std::memory_order_acquire) == 0) {
+          // Virtual time: look at the fds without blocking; if nothing stirs, jump to the
+          // next deadline.
+          select_round(std::chrono::nanoseconds::zero());
+          if (!ready_.empty() || wake_.is_set()) return;
+          if (due) {
+            clock_.machine()->advance_to(*due);
+            return;
+          }
         }
+        // No deadline at all, or a thread doing real work for us: block in real time until an
+        // fd or that thread stirs the loop.
         timeout.reset();
-      } else if (clock_.is_virtual()) {
-        timeout.reset();  // a thread is doing real work for us: wait for it, in real time
       } else if (due) {
         const time_point t = now();
         timeout = *due > t ? std::chrono::duration_cast<std::chrono::nanoseconds>(*due - t)

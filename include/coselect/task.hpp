@@ -62,9 +62,7 @@ struct task_promise : task_promise_base {
 
   template <class U = T>
   requires std::is_convertible_v<U&&, T>
-  void return_value(U&& v) noexcept(std::is_nothrow_constructible_v<T, U&&>) {
-    value.template emplace<1>(std::forward<U>(v));
-  }
+  void return_value(U&& v) { value.template emplace<1>(std::forward<U>(v)); }
 
   T take() {
     if (exception) std::rethrow_exception(exception);

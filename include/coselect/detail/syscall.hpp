@@ -96,14 +96,12 @@ template <class Rep, class Period>
 constexpr std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Period> d) noexcept {
   using std::chrono::nanoseconds;
   using wide = std::chrono::duration<long double, std::nano>;
+  // Half the range: room to add the result to a clock reading without overflowing.
+  constexpr nanoseconds::rep ceiling = std::numeric_limits<nanoseconds::rep>::max() / 2;
   const long double ns = std::chrono::duration_cast<wide>(d).count();
   if (!(ns == ns)) return nanoseconds::zero();  // NaN: treat as a poll
-  if (ns >= static_cast<long double>(std::numeric_limits<nanoseconds::rep>::max() / 2)) {
-    return nanoseconds(std::numeric_limits<nanoseconds::rep>::max() / 2);
-  }
-  if (ns <= static_cast<long double>(std::numeric_limits<nanoseconds::rep>::min() / 2)) {
-    return nanoseconds(std::numeric_limits<nanoseconds::rep>::min() / 2);
-  }
+  if (ns >= static_cast<long double>(ceiling)) return nanoseconds(ceiling);
+  if (ns <= static_cast<long double>(-ceiling)) return nanoseconds(-ceiling);
   // Round up so that a timeout never fires early.
   auto whole = std::chrono::duration_cast<nanoseconds>(d);
   if (std::chrono::duration_cast<wide>(whole).count() < ns) ++whole;
