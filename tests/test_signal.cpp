@@ -6,6 +6,7 @@
 //   2. Dispositions: the destructor restores what it replaced; invalid and duplicate signals
 //   3. Wake-ups: a loop asleep in select() woken by a signal sent from another thread
 //   4. fileno(): readable while a signal is pending
+//   5. Known library bugs (own suite, last: see the BUG comments)
 //
 // Every test leaves SIGUSR1 and SIGUSR2 with the dispositions it found (a stray SIGUSR1 with the
 // default disposition would kill the test program). Where a test needs the loop to be asleep in
@@ -383,17 +384,6 @@ TEST(SignalSet, KillToTheProcessWakesTheBlockedLoop) {
   expect_blocked_loop_woken([](pthread_t) { ::kill(::getpid(), SIGUSR1); });
 }
 
-TEST(SignalSet, PthreadKillToAThirdThreadWakesTheBlockedLoop) {
-  // A bystander thread (parked on an atomic) takes the signal.
-  std::atomic<bool> release{false};
-  std::thread bystander([&] { release.wait(false); });
-  const pthread_t target = bystander.native_handle();
-  expect_blocked_loop_woken([target](pthread_t) { ::pthread_kill(target, SIGUSR1); });
-  release = true;
-  release.notify_all();
-  bystander.join();
-}
-
 // =================================================================================================
 // 4. fileno()
 // =================================================================================================
@@ -432,6 +422,28 @@ TEST(SignalSet, FilenoIsNotReadableAfterWaitTookTheSignal) {
   EXPECT_EQ(run_with_limit(s, wait_one(set)), SIGUSR1);
   // BUG (same cause as above): wait() returns from its first poll() without clearing the event.
   EXPECT_FALSE(fd_readable(fd)) << "fileno() readable with no signal pending";
+}
+
+// =================================================================================================
+// 5. Known library bugs (kept last, in their own suite, so that a sanitizer abort here does not
+//    hide the results of the tests above)
+// =================================================================================================
+
+TEST(SignalSetLifetime, PthreadKillToAThirdThreadWakesTheBlockedLoop) {
+  // BUG: the handler runs on the bystander thread. Its set() makes the signal visible (state
+  // CAS) before it has finished with the event (pipe write, then more CASes as the pipe's
+  // `syncing` owner), so the loop can resume, wait() return and ~SignalSet() close the pipe and
+  // free the event while the handler still uses them. ThreadSanitizer reports it (data race
+  // write()/close(), about 1 run in 3 here). See the report: ~SignalSet must wait for handlers
+  // in flight.
+  // A bystander thread (parked on an atomic) takes the signal.
+  std::atomic<bool> release{false};
+  std::thread bystander([&] { release.wait(false); });
+  const pthread_t target = bystander.native_handle();
+  expect_blocked_loop_woken([target](pthread_t) { ::pthread_kill(target, SIGUSR1); });
+  release = true;
+  release.notify_all();
+  bystander.join();
 }
 
 }  // namespace
