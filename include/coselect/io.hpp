@@ -51,7 +51,8 @@ class fd_awaiter {
       node_.fire = [](timer_node& t, loop_hooks&) noexcept {
         auto& n = static_cast<waiter&>(t);
         scheduler_access::reactor(*n.owner).remove(n);
-        n.outcome = wait_outcome::timed_out;
+        // Ready in the same turn as the deadline passed: readiness wins.
+        n.outcome = ready_now(n.fd, n.for_write) ? wait_outcome::released : wait_outcome::timed_out;
         scheduler_access::make_ready(*n.owner, n.handle);
       };
       scheduler_access::add_timer(*scheduler_, node_);
@@ -71,15 +72,17 @@ class fd_awaiter {
     Scheduler* owner = nullptr;
   };
 
-  bool poll_now() const {
+  bool poll_now() const { return ready_now(node_.fd, node_.for_write); }
+
+  // One select() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
+  // reported by the loop's own select()).
+  static bool ready_now(int fd, bool for_write) noexcept {
     fd_set set;
     FD_ZERO(&set);
-    FD_SET(node_.fd, &set);
+    FD_SET(fd, &set);
     timeval zero{};
-    const int n = node_.for_write ? ::select(node_.fd + 1, nullptr, &set, nullptr, &zero)
-                                  : ::select(node_.fd + 1, &set, nullptr, nullptr, &zero);
-    if (n < 0 && errno != EINTR) throw_errno(errno, "coselect: select");
-    return n > 0;
+    return (for_write ? ::select(fd + 1, nullptr, &set, nullptr, &zero)
+                      : ::select(fd + 1, &set, nullptr, nullptr, &zero)) > 0;
   }
 
   std::optional<std::chrono::nanoseconds> timeout_;

@@ -45,9 +45,9 @@ struct scheduler_access;
 //    default the running run* stops and rethrows it (set_exception_handler changes that).
 //  * Schedulers share no state. Destroying one destroys the coroutine frames it owns (spawned
 //    tasks, and a run(task) that was stopped before finishing); it must not be running.
-class Scheduler : private detail::loop_hooks,
-                  private detail::task_host,
-                  private detail::task_owner {
+class Scheduler final : private detail::loop_hooks,
+                        private detail::task_host,
+                        private detail::task_owner {
  public:
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
@@ -87,9 +87,7 @@ class Scheduler : private detail::loop_hooks,
   }
 
   // The scheduler running on this thread, or nullptr.
-  static Scheduler* current() noexcept {
-    return static_cast<Scheduler*>(static_cast<detail::loop_hooks*>(detail::running_loop));
-  }
+  static Scheduler* current() noexcept { return static_cast<Scheduler*>(detail::current_loop()); }
 
   // Runs until `main` completes and returns its value or rethrows its exception. If the loop
   // stops first (stop(), or a failure of other work), throws std::runtime_error (or that
@@ -183,14 +181,14 @@ class Scheduler : private detail::loop_hooks,
   // ---- the run loop ---------------------------------------------------------------------
 
   struct running_scope {
-    explicit running_scope(Scheduler& s) : self(s), previous(detail::running_loop) {
+    explicit running_scope(Scheduler& s) : self(s), previous(detail::current_loop()) {
       if (s.running_.exchange(true, std::memory_order_acq_rel)) {
         throw std::logic_error("coselect::Scheduler: run* is already active");
       }
-      detail::running_loop = &s;
+      detail::set_current_loop(&s);
     }
     ~running_scope() {
-      detail::running_loop = previous;
+      detail::set_current_loop(previous);
       self.running_.store(false, std::memory_order_release);
     }
     Scheduler& self;
@@ -200,11 +198,13 @@ class Scheduler : private detail::loop_hooks,
   template <class Done, class Start>
   void drive(Done done, std::optional<time_point> limit, Start start) {
     running_scope scope(*this);
+    absorb_posted_work();  // spawns made before this run start before the root
     start();
     bool reached_limit = false;
     for (;;) {
       if (done()) return;
       const bool stop = stop_requested_.exchange(false, std::memory_order_acq_rel);
+      activity_ = false;
       iterate(!stop && !reached_limit, limit);
       if (!failures_.empty()) {
         std::exception_ptr e = failures_.front();
@@ -213,16 +213,12 @@ class Scheduler : private detail::loop_hooks,
       }
       if (stop) return;
       if (limit) {
-        if (reached_limit && quiescent_at(*limit)) return;
+        // At the limit, one more turn runs what the last timers made ready; then return as
+        // soon as a turn brings nothing new (a coroutine that only yields does not count).
+        if (reached_limit && !activity_) return;
         reached_limit = reached_limit || now() >= *limit;
       }
     }
-  }
-
-  bool quiescent_at(time_point limit) const {
-    if (!ready_.empty() || wake_.is_set()) return false;
-    const auto due = next_deadline();
-    return !due || *due > limit;
   }
 
   void iterate(bool may_block, std::optional<time_point> limit) {
@@ -249,6 +245,7 @@ class Scheduler : private detail::loop_hooks,
   void absorb_posted_work() {
     const std::uint64_t s = detail::event_access::load(wake_);
     if (detail::event_access::is_set(s)) {
+      activity_ = true;
       wake_.clear();  // before draining: a post after this sets it again
       {
         std::lock_guard lock(spawn_mutex_);
@@ -278,6 +275,9 @@ class Scheduler : private detail::loop_hooks,
     if (timers_.empty() && !tasks_.next_due()) return;
     time_point t = now();
     if (limit && *limit < t) t = *limit;
+    const auto due = next_deadline();
+    if (!due || *due > t) return;
+    activity_ = true;
     while (detail::timer_node* n = timers_.pop_due(t))
       n->fire(*n, *this);
     if (std::exception_ptr e = tasks_.run_due(t)) report_failure(e);
@@ -329,12 +329,23 @@ class Scheduler : private detail::loop_hooks,
       scan_events();
       return;
     }
-    if (blocking) blocking = enter_event_selects(timeout);
-    reactor_.poll(timeout, extra_fds_, [this](detail::fd_waiter& w) {
-      if (w.armed()) timers_.remove(w);
-      ready_.push_back(w.handle);
-    });
-    if (blocking) leave_event_selects();
+    if (blocking) enter_event_selects(timeout);
+    {
+      // Leave the events' select registrations on every way out, or a stale registration would
+      // keep their pipes written (and a later select() returning at once: a spinning loop).
+      struct leave_guard {
+        Scheduler& self;
+        ~leave_guard() { self.leave_event_selects(); }
+      } guard{*this};
+      reactor_.poll(
+          timeout, extra_fds_,
+          [this](detail::fd_waiter& w) {
+            if (w.armed()) timers_.remove(w);
+            ready_.push_back(w.handle);
+            activity_ = true;
+          },
+          [this](std::exception_ptr e) { report_failure(e); });
+    }
     scan_events();
   }
 
@@ -368,6 +379,7 @@ class Scheduler : private detail::loop_hooks,
     }
   }
 
+  // Drops this loop's select registration on the wake-up event and every watched event.
   void leave_event_selects() noexcept {
     if (wake_in_select_) {
       detail::event_access::leave_select(wake_);
@@ -391,6 +403,7 @@ class Scheduler : private detail::loop_hooks,
       const std::uint32_t generation = detail::event_access::generation(s);
       while (w->head != nullptr && (all || w->head->generation != generation)) {
         finish_event_waiter(*w->head, detail::wait_outcome::released);
+        activity_ = true;
       }
       if (w->empty()) release_watch(*w);
       w = next;
@@ -460,7 +473,11 @@ class Scheduler : private detail::loop_hooks,
     auto& x = static_cast<detail::event_waiter&>(t);
     detail::event_watch* w = x.watch;
     w->unlink(x);
-    x.outcome = detail::wait_outcome::timed_out;
+    // Set in the same turn as the deadline passed: the event wins (one resumption either way).
+    const std::uint64_t s = detail::event_access::load(*w->event);
+    const bool released =
+        detail::event_access::is_set(s) || detail::event_access::generation(s) != x.generation;
+    x.outcome = released ? detail::wait_outcome::released : detail::wait_outcome::timed_out;
     self.ready_.push_back(x.handle);
     if (w->empty()) self.release_watch(*w);
   }
@@ -496,7 +513,7 @@ class Scheduler : private detail::loop_hooks,
   // ---- task_host --------------------------------------------------------------------------
 
   bool on_loop_thread() const noexcept override {
-    return detail::running_loop == static_cast<const detail::loop_hooks*>(this);
+    return detail::current_loop() == static_cast<const detail::loop_hooks*>(this);
   }
   void wake() noexcept override { wake_.set(); }
   const detail::clock_source& time_source() const noexcept override { return clock_; }
@@ -580,6 +597,7 @@ class Scheduler : private detail::loop_hooks,
   WaitableEvent wake_;  // other threads set it to wake the loop (and stop() does)
   std::uint32_t wake_generation_ = 0;
   bool wake_in_select_ = false;
+  bool activity_ = false;  // this iteration absorbed posts, fired timers or released waiters
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> running_{false};
   std::atomic<int> external_work_{0};  // run_in_thread calls in flight (virtual time waits)

@@ -10,6 +10,7 @@
 #include <optional>
 #include <stdexcept>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include "task.hpp"
@@ -61,8 +62,14 @@ class SignalSet {
     std::uint64_t p = pending_.load(std::memory_order_acquire);
     while (p != 0) {
       const int sig = __builtin_ctzll(p);
-      if (pending_.compare_exchange_weak(p, p & ~(std::uint64_t{1} << sig),
-                                         std::memory_order_acq_rel)) {
+      const std::uint64_t rest = p & ~(std::uint64_t{1} << sig);
+      if (pending_.compare_exchange_weak(p, rest, std::memory_order_acq_rel)) {
+        if (rest == 0) {
+          // fileno() must not stay readable once nothing is pending; a signal that lands
+          // between these two lines is seen by the re-check.
+          arrived_.clear();
+          if (pending_.load(std::memory_order_acquire) != 0) arrived_.set();
+        }
         return sig;
       }
     }
@@ -94,19 +101,31 @@ class SignalSet {
     return table;
   }
 
+  // Handlers running right now, per signal: the destructor waits for them to leave the set.
+  static std::array<std::atomic<int>, 64>& handlers_running() noexcept {
+    static std::array<std::atomic<int>, 64> table{};
+    return table;
+  }
+
   static void on_signal(int sig) noexcept {
     const int saved_errno = errno;
-    if (SignalSet* set = owners()[sig].load(std::memory_order_acquire)) {
+    handlers_running()[sig].fetch_add(1, std::memory_order_seq_cst);
+    if (SignalSet* set = owners()[sig].load(std::memory_order_seq_cst)) {
       set->pending_.fetch_or(std::uint64_t{1} << sig, std::memory_order_acq_rel);
       set->arrived_.set();
     }
+    handlers_running()[sig].fetch_sub(1, std::memory_order_release);
     errno = saved_errno;
   }
 
   void restore() noexcept {
     for (auto it = installed_.rbegin(); it != installed_.rend(); ++it) {
       ::sigaction(it->signal, &it->previous, nullptr);
-      owners()[it->signal].store(nullptr, std::memory_order_release);
+      owners()[it->signal].store(nullptr, std::memory_order_seq_cst);
+      // A handler on another thread may still be setting our event: wait until it is out.
+      while (handlers_running()[it->signal].load(std::memory_order_seq_cst) != 0) {
+        std::this_thread::yield();
+      }
     }
     installed_.clear();
   }

@@ -1,6 +1,7 @@
 // coselect::Task<T>: the coroutine type of coselect.
 #pragma once
 
+#include <atomic>
 #include <coroutine>
 #include <exception>
 #include <stdexcept>
@@ -28,8 +29,15 @@ class task_owner {
   ~task_owner() = default;
 };
 
+// How an awaited task hands control back. The awaiter resumes the child inside await_suspend;
+// then the awaiter and the child's final_suspend both flip `handed_off`, and whichever comes
+// second continues the awaiting coroutine: a child that finished synchronously lets the awaiter
+// carry on in its own stack frame (so a loop of a million synchronous co_awaits uses constant
+// stack even where GCC does not turn symmetric transfer into a tail call: -O0, ASan), and one
+// that finished later, on any thread, resumes the awaiter by symmetric transfer.
 struct task_promise_base {
   std::coroutine_handle<> continuation{};
+  std::atomic<bool> handed_off{false};
   std::exception_ptr exception{};
   task_owner* owner = nullptr;  // set while a scheduler runs or owns this frame at the top
   task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
@@ -43,7 +51,12 @@ struct task_promise_base {
     template <class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> frame) const noexcept {
       task_promise_base& p = frame.promise();
-      if (p.continuation) return p.continuation;  // symmetric transfer: no stack growth
+      if (p.continuation) {
+        // Second to arrive: the awaiter has suspended, resume it. First: it is still inside
+        // await_suspend and will continue by itself.
+        if (p.handed_off.exchange(true, std::memory_order_acq_rel)) return p.continuation;
+        return std::noop_coroutine();
+      }
       if (p.owner != nullptr) p.owner->task_finished(p, frame);  // may destroy the frame
       return std::noop_coroutine();
     }
@@ -52,6 +65,14 @@ struct task_promise_base {
   final_awaiter final_suspend() const noexcept { return {}; }
 
   void unhandled_exception() noexcept { exception = std::current_exception(); }
+
+  // Starts this (lazy) task on behalf of `awaiting`; returns whether `awaiting` must suspend
+  // (false: the task already finished, carry on).
+  bool start_awaited_by(std::coroutine_handle<> self, std::coroutine_handle<> awaiting) {
+    continuation = awaiting;
+    self.resume();
+    return !handed_off.exchange(true, std::memory_order_acq_rel);
+  }
 };
 
 template <class T>
@@ -122,9 +143,8 @@ class [[nodiscard]] Task {
   struct awaiter {
     std::coroutine_handle<promise_type> frame;
     bool await_ready() const noexcept { return !frame || frame.done(); }
-    std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) const noexcept {
-      frame.promise().continuation = awaiting;
-      return frame;
+    bool await_suspend(std::coroutine_handle<> awaiting) const {
+      return frame.promise().start_awaited_by(frame, awaiting);
     }
     T await_resume() const {
       if (!frame) throw std::logic_error("coselect::Task: awaiting an empty task");

@@ -317,26 +317,25 @@ class TaskManager {
   std::exception_ptr run_due(time_point now) {
     const auto earliest = next_due();
     if (!earliest || now < *earliest) return nullptr;
-    batch_.clear();
     {
       std::lock_guard lock(queue_->mutex);
       while (detail::timer_node* n = queue_->heap.pop_due(now)) {
         auto* r = static_cast<detail::task_record*>(n);
         r->state = detail::task_state::taken;
-        batch_.push_back(r);
+        // The batch holds its own reference: a callback may suspend a later task of the batch
+        // and drop the last handle to it.
+        batch_.push_back(r->keep_alive);
       }
       queue_->publish_earliest();
     }
     std::exception_ptr failure;
     for (std::size_t i = 0; i < batch_.size(); ++i) {
-      detail::task_record* r = batch_[i];
-      std::shared_ptr<detail::task_record> hold;  // keeps r alive through its callback
+      detail::task_record* r = batch_[i].get();
       {
         std::lock_guard lock(queue_->mutex);
         if (r->state != detail::task_state::taken) continue;  // suspended meanwhile
         r->state = detail::task_state::running;
         r->stop_recurring = false;
-        hold = r->keep_alive;
       }
       try {
         r->invoke();
@@ -349,6 +348,7 @@ class TaskManager {
         break;
       }
     }
+    batch_.clear();  // outside the lock: may run the destructors of finished callables
     return failure;
   }
 
@@ -408,7 +408,7 @@ class TaskManager {
   void requeue_rest(std::size_t from) {
     std::lock_guard lock(queue_->mutex);
     for (std::size_t i = from; i < batch_.size(); ++i) {
-      detail::task_record* r = batch_[i];
+      detail::task_record* r = batch_[i].get();
       if (r->state != detail::task_state::taken) continue;
       r->state = detail::task_state::queued;
       queue_->heap.push_keeping_sequence(*r, r->sequence);
@@ -417,7 +417,7 @@ class TaskManager {
   }
 
   std::shared_ptr<detail::task_queue> queue_;
-  std::vector<detail::task_record*> batch_;  // loop thread only
+  std::vector<std::shared_ptr<detail::task_record>> batch_;  // loop thread only
 };
 
 }  // namespace coselect

@@ -90,9 +90,8 @@ class WaitableEvent {
   ~WaitableEvent() {
     detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
     if (owner != nullptr) owner->cancel_event_waiters(*this);
-    if (detail::running_loop != nullptr && detail::running_loop != owner) {
-      detail::running_loop->cancel_event_waiters(*this);
-    }
+    detail::loop_hooks* here = detail::current_loop();
+    if (here != nullptr && here != owner) here->cancel_event_waiters(*this);
     detail::close_fd(read_fd_);
     detail::close_fd(write_fd_);
   }
@@ -326,7 +325,7 @@ class WaitableEvent::wait_awaiter {
   }
 
   bool await_ready() {
-    loop_ = detail::running_loop;
+    loop_ = detail::current_loop();
     if (loop_ == nullptr) detail::throw_no_scheduler("WaitableEvent::wait()");
     return event_.is_set();
   }

@@ -75,9 +75,8 @@ template <class T>
 struct completion_of {
   Task<T>& task;
   bool await_ready() const noexcept { return !task.valid() || task.done(); }
-  std::coroutine_handle<> await_suspend(std::coroutine_handle<> awaiting) const noexcept {
-    task.handle().promise().continuation = awaiting;
-    return task.handle();
+  bool await_suspend(std::coroutine_handle<> awaiting) const {
+    return task.handle().promise().start_awaited_by(task.handle(), awaiting);
   }
   void await_resume() const noexcept {}
 };
@@ -127,7 +126,8 @@ void rethrow_failure(Task<T>& task) {
 // co_await when_all(t1, t2, ...): runs the tasks concurrently and yields a tuple of their
 // results (std::monostate for Task<void>). If any failed, rethrows the first failure in
 // argument order, after all have finished. The children run where their awaits take them;
-// the awaiting coroutine resumes on the thread where the last one finished.
+// the awaiting coroutine continues on the thread where the last one finished (its own, if all
+// finished before it suspended).
 template <class... Ts>
 Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
   std::vector<detail::when_all_notifier> notifiers;
@@ -139,36 +139,47 @@ Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
   co_return std::tuple<detail::when_all_value<Ts>...>(detail::take_result(tasks)...);
 }
 
-// co_await when_all(range of Task<T>): a std::vector<T> in the range's order (void for
-// Task<void>). The range's tasks are moved from.
-template <std::ranges::input_range Range>
-requires requires(std::ranges::range_value_t<Range>& t) {
-  t.release();
-}
-auto when_all(Range&& range) -> Task<
-    std::conditional_t<std::is_void_v<typename std::ranges::range_value_t<Range>::value_type>, void,
-                       std::vector<typename std::ranges::range_value_t<Range>::value_type>>> {
-  using T = typename std::ranges::range_value_t<Range>::value_type;
-  std::vector<Task<T>> tasks;
-  for (auto&& t : range)
-    tasks.push_back(std::move(t));
-  std::vector<detail::when_all_notifier> notifiers;
+namespace detail {
+
+// The coroutine behind when_all(range): it owns the tasks (a by-value parameter lives in the
+// frame), so a temporary range may be gone before the result is awaited.
+template <class T>
+Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks(
+    std::vector<Task<T>> tasks) {
+  std::vector<when_all_notifier> notifiers;
   notifiers.reserve(tasks.size());
   for (Task<T>& t : tasks)
-    notifiers.push_back(detail::notify_when_done(t));
-  detail::when_all_latch latch(tasks.size());
-  co_await detail::when_all_starter{notifiers, latch};
+    notifiers.push_back(notify_when_done(t));
+  when_all_latch latch(tasks.size());
+  co_await when_all_starter{notifiers, latch};
   for (Task<T>& t : tasks)
-    detail::rethrow_failure(t);
+    rethrow_failure(t);
   if constexpr (std::is_void_v<T>) {
     co_return;
   } else {
     std::vector<T> results;
     results.reserve(tasks.size());
     for (Task<T>& t : tasks)
-      results.push_back(detail::take_result(t));
+      results.push_back(take_result(t));
     co_return results;
   }
+}
+
+}  // namespace detail
+
+// co_await when_all(range of Task<T>): a std::vector<T> in the range's order (void for
+// Task<void>). The tasks are moved out of the range when when_all is called.
+template <std::ranges::input_range Range>
+requires requires(std::ranges::range_value_t<Range>& t) {
+  t.release();
+}
+auto when_all(Range&& range) {
+  using T = typename std::ranges::range_value_t<Range>::value_type;
+  std::vector<Task<T>> tasks;
+  if constexpr (std::ranges::sized_range<Range>) tasks.reserve(std::ranges::size(range));
+  for (auto&& t : range)
+    tasks.push_back(std::move(t));
+  return detail::when_all_tasks<T>(std::move(tasks));
 }
 
 }  // namespace coselect

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 #include <coroutine>
+#include <exception>
 #include <optional>
 #include <span>
 #include <vector>
@@ -75,15 +76,20 @@ class select_reactor {
     d.registered_ = false;
     dispatchers_.erase(std::remove(dispatchers_.begin(), dispatchers_.end(), &d),
                        dispatchers_.end());
+    // A handler may remove (and delete) itself or others while poll() walks its snapshot.
+    for (watched& w : snapshot_) {
+      if (w.dispatcher == &d) w.dispatcher = nullptr;
+    }
   }
 
   // One select() round: waits up to `timeout` (nullopt: until something happens) for the
   // registered fds and `extra_read_fds`. Ready waiters are unlinked and passed to `on_ready`
-  // (also waiters whose fd was found closed, with outcome `failed`); dispatchers are called.
+  // (also waiters whose fd was found closed, with outcome `failed`); dispatchers are called,
+  // and an exception from one goes to `on_failure` without stopping the others.
   // EINTR counts as "nothing happened": the caller's deadlines are absolute.
-  template <class OnReady>
+  template <class OnReady, class OnFailure>
   void poll(std::optional<std::chrono::nanoseconds> timeout, std::span<const int> extra_read_fds,
-            OnReady&& on_ready) {
+            OnReady&& on_ready, OnFailure&& on_failure) {
     fd_set readable, writable;
     FD_ZERO(&readable);
     FD_ZERO(&writable);
@@ -97,13 +103,16 @@ class select_reactor {
       watch(w->fd, w->for_write ? writable : readable);
     for (int fd : extra_read_fds)
       watch(fd, readable);
-    snapshot_.assign(dispatchers_.begin(), dispatchers_.end());
-    std::vector<std::pair<bool, bool>> interest(snapshot_.size());
-    for (std::size_t i = 0; i < snapshot_.size(); ++i) {
-      Dispatcher& d = *snapshot_[i];
-      interest[i] = {d.readable(), d.writable()};
-      if (interest[i].first) watch(d.fileno(), readable);
-      if (interest[i].second) watch(d.fileno(), writable);
+    snapshot_.clear();
+    for (Dispatcher* d : dispatchers_) {
+      watched& w = snapshot_.emplace_back(watched{d, -1, false, false});
+      guarded(on_failure, [&] {
+        w.fd = d->fileno();
+        w.read = d->readable();
+        w.write = d->writable();
+      });
+      if (w.read) watch(w.fd, readable);
+      if (w.write) watch(w.fd, writable);
     }
 
     timeval tv{};
@@ -114,7 +123,7 @@ class select_reactor {
     }
     const int n = ::select(max_fd + 1, &readable, &writable, nullptr, tvp);
     if (n < 0) {
-      if (errno == EBADF) fail_closed_fds(on_ready);
+      if (errno == EBADF) fail_closed_fds(on_ready, on_failure);
       return;  // EINTR (or EBADF handled): the caller simply iterates again
     }
     if (n == 0) return;
@@ -129,12 +138,14 @@ class select_reactor {
       w = next;
     }
     for (std::size_t i = 0; i < snapshot_.size(); ++i) {
-      Dispatcher& d = *snapshot_[i];
-      if (!d.registered_) continue;  // removed by an earlier handler
-      const int fd = d.fileno();
-      if (fd < 0 || fd >= FD_SETSIZE) continue;
-      if (interest[i].first && FD_ISSET(fd, &readable)) d.handle_read();
-      if (d.registered_ && interest[i].second && FD_ISSET(fd, &writable)) d.handle_write();
+      const watched w = snapshot_[i];
+      if (w.dispatcher == nullptr || w.fd < 0 || w.fd >= FD_SETSIZE) continue;
+      if (w.read && FD_ISSET(w.fd, &readable)) {
+        guarded(on_failure, [&] { w.dispatcher->handle_read(); });
+      }
+      if (snapshot_[i].dispatcher != nullptr && w.write && FD_ISSET(w.fd, &writable)) {
+        guarded(on_failure, [&] { w.dispatcher->handle_write(); });
+      }
     }
   }
 
@@ -148,8 +159,24 @@ class select_reactor {
   }
 
  private:
-  template <class OnReady>
-  void fail_closed_fds(OnReady& on_ready) {
+  struct watched {
+    Dispatcher* dispatcher;  // null once removed during this round
+    int fd;
+    bool read;
+    bool write;
+  };
+
+  template <class OnFailure, class F>
+  static void guarded(OnFailure& on_failure, F&& f) {
+    try {
+      f();
+    } catch (...) {
+      on_failure(std::current_exception());
+    }
+  }
+
+  template <class OnReady, class OnFailure>
+  void fail_closed_fds(OnReady& on_ready, OnFailure& on_failure) {
     for (fd_waiter* w = head_; w;) {
       fd_waiter* next = w->next;
       if (!fd_is_open(w->fd)) {
@@ -160,19 +187,18 @@ class select_reactor {
       }
       w = next;
     }
-    snapshot_.assign(dispatchers_.begin(), dispatchers_.end());
-    for (Dispatcher* d : snapshot_) {
-      if (d->registered_ && !fd_is_open(d->fileno())) {
-        remove_dispatcher(*d);
-        d->handle_close();
-      }
+    for (std::size_t i = 0; i < snapshot_.size(); ++i) {
+      const watched w = snapshot_[i];
+      if (w.dispatcher == nullptr || fd_is_open(w.fd)) continue;
+      remove_dispatcher(*w.dispatcher);
+      guarded(on_failure, [&] { w.dispatcher->handle_close(); });
     }
   }
 
   fd_waiter* head_ = nullptr;
   fd_waiter* tail_ = nullptr;
   std::vector<Dispatcher*> dispatchers_;
-  std::vector<Dispatcher*> snapshot_;
+  std::vector<watched> snapshot_;  // the dispatchers of the current round
 };
 
 }  // namespace coselect::detail

@@ -108,19 +108,20 @@ constexpr std::chrono::nanoseconds saturating_ns(std::chrono::duration<Rep, Peri
   return whole;
 }
 
-// `now + d` without overflow: the result is clamped to [min/2, max/2] of the time_point's range.
+// `now + d` without overflow: the result saturates at the time_point's min() and max().
 template <class Clock, class Rep, class Period>
 typename Clock::time_point saturating_add(typename Clock::time_point now,
                                           std::chrono::duration<Rep, Period> d) noexcept {
   using tp = typename Clock::time_point;
-  const auto limit = std::numeric_limits<std::chrono::nanoseconds::rep>::max() / 2;
+  using rep = std::chrono::nanoseconds::rep;
   const auto base = std::chrono::duration_cast<std::chrono::nanoseconds>(now.time_since_epoch());
   const auto step = saturating_ns(d);
-  if (step.count() > 0 && base.count() > limit - step.count()) {
-    return tp(std::chrono::duration_cast<typename tp::duration>(std::chrono::nanoseconds(limit)));
+  // Saturate at the ends of the clock's range (a virtual clock may start centuries ahead).
+  if (step.count() > 0 && base.count() > std::numeric_limits<rep>::max() - step.count()) {
+    return tp::max();
   }
-  if (step.count() < 0 && base.count() < -limit - step.count()) {
-    return tp(std::chrono::duration_cast<typename tp::duration>(std::chrono::nanoseconds(-limit)));
+  if (step.count() < 0 && base.count() < std::numeric_limits<rep>::min() - step.count()) {
+    return tp::min();
   }
   return now + std::chrono::duration_cast<typename tp::duration>(step);
 }

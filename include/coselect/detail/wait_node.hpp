@@ -109,6 +109,18 @@ class loop_hooks {
 };
 
 // The loop running on this thread (set for the duration of Scheduler::run*), or null.
-inline thread_local loop_hooks* running_loop = nullptr;
+//
+// Read through a function that is never inlined: a coroutine that moved to another thread
+// (resume_on) must not reuse a thread-local address computed before the move, which clang 14
+// otherwise does across suspension points.
+namespace current_loop_storage {
+inline thread_local loop_hooks* value = nullptr;
+}
+[[gnu::noinline]] inline loop_hooks* current_loop() noexcept {
+  return current_loop_storage::value;
+}
+[[gnu::noinline]] inline void set_current_loop(loop_hooks* loop) noexcept {
+  current_loop_storage::value = loop;
+}
 
 }  // namespace coselect::detail
