@@ -1,10 +1,14 @@
-// Cross-thread wake round trip: two threads ping-pong N times (default 200,000). Each round
-// trip wakes a sleeping thread twice, so this measures the kernel's wake-up path plus what each
-// mechanism adds to it.
+// Cross-thread wake round trip: two threads ping-pong up to N times (default 200,000; each run
+// stops early after --max_seconds, default 20, and reports over the round trips it did). Each
+// round trip wakes a sleeping thread twice, so this measures the kernel's wake-up path plus
+// what each mechanism adds to it.
 //
 //   coselect   two Schedulers on two threads, coroutines awaiting each other's WaitableEvent
 //   floors     pipe + select(), eventfd + epoll_wait(), std::mutex + std::condition_variable
 //   peers      asio::post between two io_contexts, libuv uv_async_send between two loops
+//
+// Side A starts every round trip and decides when to stop; it then sends B a "stop" message
+// in place of the ping.
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
@@ -27,36 +31,51 @@ namespace {
 
 constexpr std::int64_t kRoundTrips = 200'000;
 
+void check(bool ok, const char* what) {
+  if (!ok) bench::fail(what);
+}
+
 // ---- coselect ------------------------------------------------------------------------------
 
-coselect::Task<void> ping_side(coselect::WaitableEvent& mine, coselect::WaitableEvent& theirs,
-                               std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    theirs.set();
-    co_await mine.wait();
-    mine.clear();
+struct CoselectGame {
+  coselect::WaitableEvent ping, pong;
+  std::atomic<bool> stop{false};
+  std::int64_t done = 0;
+};
+
+coselect::Task<void> side_a(CoselectGame& g, const bench::Budget& budget) {
+  for (std::int64_t i = 0;; ++i) {
+    if (!budget.more(i)) {
+      g.stop.store(true, std::memory_order_relaxed);
+      g.ping.set();  // the set() publishes `stop`
+      co_return;
+    }
+    g.ping.set();
+    co_await g.pong.wait();
+    g.pong.clear();
+    ++g.done;
   }
 }
 
-coselect::Task<void> pong_side(coselect::WaitableEvent& mine, coselect::WaitableEvent& theirs,
-                               std::int64_t n) {
-  for (std::int64_t i = 0; i < n; ++i) {
-    co_await mine.wait();
-    mine.clear();
-    theirs.set();
+coselect::Task<void> side_b(CoselectGame& g) {
+  for (;;) {
+    co_await g.ping.wait();
+    g.ping.clear();
+    if (g.stop.load(std::memory_order_relaxed)) co_return;
+    g.pong.set();
   }
 }
 
 void wake_coselect(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
-    coselect::WaitableEvent ping, pong;
+    CoselectGame g;
     coselect::Scheduler a, b;
     bench::Stopwatch sw;
-    std::thread other([&] { b.run(pong_side(ping, pong, n)); });
-    a.run(ping_side(pong, ping, n));
+    const bench::Budget budget(bench::count(kRoundTrips));
+    std::thread other([&] { b.run(side_b(g)); });
+    a.run(side_a(g, budget));
     other.join();
-    sw.stop(state, n);
+    sw.stop(state, g.done);
   }
 }
 COSELECT_BENCH(wake_coselect)->Name("wake/coselect");
@@ -67,7 +86,7 @@ struct Pipe {
   int r = -1, w = -1;
   Pipe() {
     int fds[2];
-    if (::pipe(fds) != 0) bench::fail("pipe");
+    check(::pipe(fds) == 0, "pipe");
     r = fds[0];
     w = fds[1];
   }
@@ -77,39 +96,36 @@ struct Pipe {
   }
   Pipe(const Pipe&) = delete;
   Pipe& operator=(const Pipe&) = delete;
+
+  void send(char c) const { check(::write(w, &c, 1) == 1, "write"); }
+  char receive() const {
+    fd_set set;
+    FD_ZERO(&set);
+    FD_SET(r, &set);
+    check(::select(r + 1, &set, nullptr, nullptr, nullptr) == 1, "select");
+    char c;
+    check(::read(r, &c, 1) == 1, "read");
+    return c;
+  }
 };
 
-void select_read(int fd) {
-  fd_set set;
-  FD_ZERO(&set);
-  FD_SET(fd, &set);
-  if (::select(fd + 1, &set, nullptr, nullptr, nullptr) != 1) bench::fail("select");
-  char c;
-  if (::read(fd, &c, 1) != 1) bench::fail("read");
-}
-
-void write_one(int fd) {
-  const char c = 1;
-  if (::write(fd, &c, 1) != 1) bench::fail("write");
-}
-
 void wake_pipe_select(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
     Pipe to_b, to_a;
+    std::int64_t done = 0;
     bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
     std::thread other([&] {
-      for (std::int64_t i = 0; i < n; ++i) {
-        select_read(to_b.r);
-        write_one(to_a.w);
-      }
+      while (to_b.receive() != 0)
+        to_a.send(1);
     });
-    for (std::int64_t i = 0; i < n; ++i) {
-      write_one(to_b.w);
-      select_read(to_a.r);
+    for (std::int64_t i = 0; budget.more(i); ++i, ++done) {
+      to_b.send(1);
+      to_a.receive();
     }
+    to_b.send(0);
     other.join();
-    sw.stop(state, n);
+    sw.stop(state, done);
   }
 }
 COSELECT_BENCH(wake_pipe_select)->Name("wake/floor_pipe_select");
@@ -122,7 +138,7 @@ struct EventFd {
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
-    if (fd < 0 || ep < 0 || ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) != 0) bench::fail("eventfd");
+    check(fd >= 0 && ep >= 0 && ::epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "eventfd");
   }
   ~EventFd() {
     ::close(fd);
@@ -131,152 +147,157 @@ struct EventFd {
   EventFd(const EventFd&) = delete;
   EventFd& operator=(const EventFd&) = delete;
 
-  void signal() const {
-    const std::uint64_t one = 1;
-    if (::write(fd, &one, sizeof one) != sizeof one) bench::fail("eventfd write");
+  void send(std::uint64_t value) const {
+    check(::write(fd, &value, sizeof value) == sizeof value, "eventfd write");
   }
-  void wait() const {
+  std::uint64_t receive() const {
     epoll_event ev{};
     while (::epoll_wait(ep, &ev, 1, -1) != 1) {
     }
     std::uint64_t value;
-    if (::read(fd, &value, sizeof value) != sizeof value) bench::fail("eventfd read");
+    check(::read(fd, &value, sizeof value) == sizeof value, "eventfd read");
+    return value;
   }
 };
 
 void wake_eventfd_epoll(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
     EventFd to_b, to_a;
+    std::int64_t done = 0;
     bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
     std::thread other([&] {
-      for (std::int64_t i = 0; i < n; ++i) {
-        to_b.wait();
-        to_a.signal();
-      }
+      while (to_b.receive() == 1)
+        to_a.send(1);
     });
-    for (std::int64_t i = 0; i < n; ++i) {
-      to_b.signal();
-      to_a.wait();
+    for (std::int64_t i = 0; budget.more(i); ++i, ++done) {
+      to_b.send(1);
+      to_a.receive();
     }
+    to_b.send(2);  // stop
     other.join();
-    sw.stop(state, n);
+    sw.stop(state, done);
   }
 }
 COSELECT_BENCH(wake_eventfd_epoll)->Name("wake/floor_eventfd_epoll");
 
 void wake_condvar(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
     std::mutex m;
     std::condition_variable cv_a, cv_b;
-    int turn = 0;  // 1: b's turn, 0: a's turn
+    int turn = 0;  // 0: a's turn, 1: b's turn, 2: b must stop
+    std::int64_t done = 0;
     bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
     std::thread other([&] {
-      for (std::int64_t i = 0; i < n; ++i) {
+      for (;;) {
         std::unique_lock lock(m);
-        cv_b.wait(lock, [&] { return turn == 1; });
+        cv_b.wait(lock, [&] { return turn != 0; });
+        if (turn == 2) return;
         turn = 0;
         lock.unlock();
         cv_a.notify_one();
       }
     });
-    for (std::int64_t i = 0; i < n; ++i) {
+    for (std::int64_t i = 0;; ++i) {
+      const bool more = budget.more(i);
       std::unique_lock lock(m);
-      turn = 1;
+      turn = more ? 1 : 2;
       lock.unlock();
       cv_b.notify_one();
+      if (!more) break;
       lock.lock();
       cv_a.wait(lock, [&] { return turn == 0; });
+      ++done;
     }
     other.join();
-    sw.stop(state, n);
+    sw.stop(state, done);
   }
 }
 COSELECT_BENCH(wake_condvar)->Name("wake/floor_mutex_condvar");
 
 // ---- Asio ----------------------------------------------------------------------------------
 
-struct AsioPingPong {
+struct AsioGame {
   asio::io_context& a;
   asio::io_context& b;
-  std::int64_t left;
+  const bench::Budget& budget;
+  std::int64_t done = 0;
 
   void ping() {
+    if (!budget.more(done)) {
+      a.stop();
+      b.stop();
+      return;
+    }
     asio::post(b, [this] { pong(); });
   }
   void pong() {
     asio::post(a, [this] {
-      if (--left == 0) {
-        a.stop();
-        b.stop();
-      } else {
-        ping();
-      }
+      ++done;
+      ping();
     });
   }
 };
 
 void wake_asio(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
     asio::io_context a(1), b(1);
     auto guard_a = asio::make_work_guard(a);
     auto guard_b = asio::make_work_guard(b);
-    AsioPingPong game{a, b, n};
     bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
+    AsioGame game{a, b, budget};
     std::thread other([&] { b.run(); });
-    game.ping();
+    asio::post(a, [&] { game.ping(); });
     a.run();
     other.join();
-    sw.stop(state, n);
-    if (game.left != 0) bench::fail("asio ping-pong did not finish");
+    sw.stop(state, game.done);
   }
 }
 COSELECT_BENCH(wake_asio)->Name("wake/asio_post");
 
 // ---- libuv ---------------------------------------------------------------------------------
 
-struct UvPingPong {
+struct UvGame {
   uv_loop_t loop_a{}, loop_b{};
   uv_async_t async_a{}, async_b{};  // async_a wakes loop a, async_b wakes loop b
-  std::int64_t left = 0;
-  std::atomic<bool> done{false};
+  const bench::Budget* budget = nullptr;
+  std::int64_t done = 0;
+  std::atomic<bool> stop{false};
 };
 
 void wake_libuv(benchmark::State& state) {
-  const std::int64_t n = bench::count(kRoundTrips);
   for (auto _ : state) {
-    UvPingPong g;
-    g.left = n;
+    UvGame g;
     uv_loop_init(&g.loop_a);
     uv_loop_init(&g.loop_b);
     g.async_a.data = &g;
     g.async_b.data = &g;
     uv_async_init(&g.loop_a, &g.async_a, [](uv_async_t* h) {
-      auto& game = *static_cast<UvPingPong*>(h->data);
-      if (--game.left == 0) {
-        game.done.store(true, std::memory_order_release);
-        uv_async_send(&game.async_b);
+      auto& game = *static_cast<UvGame*>(h->data);
+      if (!game.budget->more(++game.done)) {
+        game.stop.store(true, std::memory_order_release);
         uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
-      } else {
-        uv_async_send(&game.async_b);
       }
+      uv_async_send(&game.async_b);
     });
     uv_async_init(&g.loop_b, &g.async_b, [](uv_async_t* h) {
-      auto& game = *static_cast<UvPingPong*>(h->data);
-      if (game.done.load(std::memory_order_acquire)) {
+      auto& game = *static_cast<UvGame*>(h->data);
+      if (game.stop.load(std::memory_order_acquire)) {
         uv_close(reinterpret_cast<uv_handle_t*>(h), nullptr);
       } else {
         uv_async_send(&game.async_a);
       }
     });
     bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
+    g.budget = &budget;
     std::thread other([&] { uv_run(&g.loop_b, UV_RUN_DEFAULT); });
     uv_async_send(&g.async_b);
     uv_run(&g.loop_a, UV_RUN_DEFAULT);
     other.join();
-    sw.stop(state, n);
+    sw.stop(state, g.done);
     uv_loop_close(&g.loop_a);
     uv_loop_close(&g.loop_b);
   }

@@ -17,6 +17,7 @@ namespace bench {
 namespace {
 
 double g_scale = 1.0;
+double g_max_seconds = 20.0;
 
 std::int64_t process_cpu_ns() {
   timespec ts{};
@@ -45,6 +46,12 @@ __attribute__((weak)) std::int64_t live_heap_bytes() {
 double scale() {
   return g_scale;
 }
+
+Budget::Budget(std::int64_t n)
+    : n_(n),
+      deadline_(std::chrono::steady_clock::now() +
+                std::chrono::duration_cast<std::chrono::steady_clock::duration>(
+                    std::chrono::duration<double>(g_max_seconds))) {}
 
 std::int64_t count(std::int64_t n) {
   return std::max<std::int64_t>(1, std::llround(static_cast<double>(n) * g_scale));
@@ -114,6 +121,9 @@ int main(int argc, char** argv) {
     if (std::strncmp(argv[i], "--scale=", 8) == 0) {
       g_scale = std::strtod(argv[i] + 8, nullptr);
       if (!(g_scale > 0)) g_scale = 1.0;
+    } else if (std::strncmp(argv[i], "--max_seconds=", 14) == 0) {
+      g_max_seconds = std::strtod(argv[i] + 14, nullptr);
+      if (!(g_max_seconds > 0)) g_max_seconds = 20.0;
     } else {
       rest.push_back(argv[i]);
     }
@@ -123,6 +133,7 @@ int main(int argc, char** argv) {
   benchmark::Initialize(&n, rest.data());
   if (benchmark::ReportUnrecognizedArguments(n, rest.data())) return 1;
   benchmark::AddCustomContext("scale", std::to_string(g_scale));
+  benchmark::AddCustomContext("max_seconds", std::to_string(g_max_seconds));
   benchmark::RunSpecifiedBenchmarks();
   benchmark::Shutdown();
   return 0;

@@ -22,6 +22,24 @@ namespace bench {
 std::int64_t count(std::int64_t n);
 double scale();
 
+// A workload whose operations may each take a long time (a thread wake-up on a busy machine)
+// stops after n operations or once --max_seconds=S (default 20) have passed, whichever comes
+// first; it then reports per-operation numbers over the operations it did.
+class Budget {
+ public:
+  explicit Budget(std::int64_t n);
+  // May operation i (0-based) start? Reads the clock once every 64 operations.
+  bool more(std::int64_t i) const {
+    if (i >= n_) return false;
+    if ((i & 63) != 0) return true;
+    return std::chrono::steady_clock::now() < deadline_;
+  }
+
+ private:
+  std::int64_t n_;
+  std::chrono::steady_clock::time_point deadline_;
+};
+
 // Net heap bytes allocated through operator new by this thread (alloc_counter.cpp): only
 // differences between two readings on one thread mean anything. Binaries that do not link the
 // counter report heap_counting() == false.
