@@ -11,6 +11,7 @@
 #include <mutex>
 #include <optional>
 #include <stdexcept>
+#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
@@ -329,7 +330,9 @@ class Scheduler final : private detail::loop_hooks,
       scan_events();
       return;
     }
-    if (blocking) enter_event_selects(timeout);
+    if (blocking) blocking = enter_event_selects(timeout);
+    std::size_t ready_before = 0;
+    bool dispatched = false;
     {
       // Leave the events' select registrations on every way out, or a stale registration would
       // keep their pipes written (and a later select() returning at once: a spinning loop).
@@ -337,7 +340,8 @@ class Scheduler final : private detail::loop_hooks,
         Scheduler& self;
         ~leave_guard() { self.leave_event_selects(); }
       } guard{*this};
-      reactor_.poll(
+      ready_before = ready_.size();
+      dispatched = reactor_.poll(
           timeout, extra_fds_,
           [this](detail::fd_waiter& w) {
             if (w.armed()) timers_.remove(w);
@@ -347,6 +351,12 @@ class Scheduler final : private detail::loop_hooks,
           [this](std::exception_ptr e) { report_failure(e); });
     }
     scan_events();
+    if (blocking && !dispatched && ready_.size() == ready_before && !wake_.is_set()) {
+      // Woken for nothing: an event's pipe still holds a byte that another thread, which owns
+      // the pipe right now (waitable_event.hpp, "reconciliation"), is about to drain. That
+      // thread was likely preempted by our own wake-up; let it run instead of selecting again.
+      std::this_thread::yield();
+    }
   }
 
   // Registers this loop as asleep on each watched event (I5 in waitable_event.hpp). If any

@@ -85,10 +85,11 @@ class select_reactor {
   // One select() round: waits up to `timeout` (nullopt: until something happens) for the
   // registered fds and `extra_read_fds`. Ready waiters are unlinked and passed to `on_ready`
   // (also waiters whose fd was found closed, with outcome `failed`); dispatchers are called,
-  // and an exception from one goes to `on_failure` without stopping the others.
+  // and an exception from one goes to `on_failure` without stopping the others. Returns whether
+  // select() reported any fd of a waiter or dispatcher (the extra fds are the caller's to check).
   // EINTR counts as "nothing happened": the caller's deadlines are absolute.
   template <class OnReady, class OnFailure>
-  void poll(std::optional<std::chrono::nanoseconds> timeout, std::span<const int> extra_read_fds,
+  bool poll(std::optional<std::chrono::nanoseconds> timeout, std::span<const int> extra_read_fds,
             OnReady&& on_ready, OnFailure&& on_failure) {
     fd_set readable, writable;
     FD_ZERO(&readable);
@@ -124,9 +125,10 @@ class select_reactor {
     const int n = ::select(max_fd + 1, &readable, &writable, nullptr, tvp);
     if (n < 0) {
       if (errno == EBADF) fail_closed_fds(on_ready, on_failure);
-      return;  // EINTR (or EBADF handled): the caller simply iterates again
+      return errno == EBADF;  // EINTR: the caller simply iterates again
     }
-    if (n == 0) return;
+    if (n == 0) return false;
+    bool dispatched = false;
 
     for (fd_waiter* w = head_; w;) {
       fd_waiter* next = w->next;
@@ -134,6 +136,7 @@ class select_reactor {
         remove(*w);
         w->outcome = wait_outcome::released;
         on_ready(*w);
+        dispatched = true;
       }
       w = next;
     }
@@ -142,11 +145,14 @@ class select_reactor {
       if (w.dispatcher == nullptr || w.fd < 0 || w.fd >= FD_SETSIZE) continue;
       if (w.read && FD_ISSET(w.fd, &readable)) {
         guarded(on_failure, [&] { w.dispatcher->handle_read(); });
+        dispatched = true;
       }
       if (snapshot_[i].dispatcher != nullptr && w.write && FD_ISSET(w.fd, &writable)) {
         guarded(on_failure, [&] { w.dispatcher->handle_write(); });
+        dispatched = true;
       }
     }
+    return dispatched;
   }
 
   // Frees every waiter without resuming it (the loop is being destroyed).
