@@ -10,6 +10,7 @@
 #include <stdexcept>
 #include <string>
 #include <system_error>
+#include <thread>
 
 #include "detail/syscall.hpp"
 #include "detail/wait_node.hpp"
@@ -36,9 +37,11 @@ struct event_access;
 //  * Writes made before set() are visible to waiters released by it (release/acquire).
 //  * The constructor throws std::system_error (e.g. errc::too_many_files_open) if no pipe can
 //    be had. The destructor closes both ends; coroutines of this thread's scheduler still
-//    waiting resume with std::system_error(errc::operation_canceled). Destroying an event while
-//    another thread blocks on it, or another thread's scheduler has coroutines waiting on it,
-//    is a precondition violation.
+//    waiting resume with std::system_error(errc::operation_canceled). A thread that a set()
+//    released (or that saw is_set()) may destroy the event at once, even while that set() is
+//    still finishing: the destructor waits for it. Destroying an event while another thread
+//    blocks on it, or another thread's scheduler has coroutines waiting on it, is a
+//    precondition violation.
 //
 // State machine. One 64-bit atomic word holds everything set() needs to decide, so each
 // operation is one compare-and-swap followed, only if needed, by system calls:
@@ -50,7 +53,8 @@ struct event_access;
 //   bit 4     dirty      the state changed while someone was syncing: the owner looks again
 //   bit 5     pulsed     a set() happened while loops were selecting on the pipe
 //   bits 6-15  loops     schedulers blocked in select() on the read end right now
-//   bits 16-31 blocked   threads in wait_blocking()
+//   bits 16-25 blocked   threads in wait_blocking() (at most 1023)
+//   bits 26-31 setting   set() calls past their publishing CAS with work left (waking, pipe)
 //   bits 32-63 generation, +1 at every unset->set transition
 //
 // Invariants
@@ -67,6 +71,10 @@ struct event_access;
 //      waiting; their loop releases every waiter whose generation is stale, or all when `set`.
 //      A loop about to sleep registers in `loops` with a CAS that fails if the generation moved
 //      (so it cannot sleep through a set()), and set() writes the byte when `loops` > 0.
+//  I6  A waiter released by set() may destroy the event at once (threading.Event allows it):
+//      set() announces in `setting`, with the same CAS that publishes `set`, that it will still
+//      touch the event, and the destructor waits until `setting` is zero. A set() with nothing
+//      left to do (no blocked thread, no pipe I/O) announces nothing and costs one CAS.
 //
 // Pipe reconciliation is a lock-free "combining" step: whoever finds the pipe out of line with
 // I2 takes `syncing`, does the write()/read(), and publishes `byte`; concurrent callers (a
@@ -88,6 +96,9 @@ class WaitableEvent {
   WaitableEvent& operator=(const WaitableEvent&) = delete;
 
   ~WaitableEvent() {
+    // A set() that released a waiter may still be finishing (I6): wait until it is out.
+    while (setting(state_.load(std::memory_order_acquire)) != 0)
+      std::this_thread::yield();
     detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
     if (owner != nullptr) owner->cancel_event_waiters(*this);
     detail::loop_hooks* here = detail::current_loop();
@@ -99,17 +110,31 @@ class WaitableEvent {
   void set() noexcept {
     std::uint64_t s = state_.load(std::memory_order_relaxed);
     std::uint64_t n;
+    bool more_to_do;
     do {
       if (s & kSet) return;
       n = (s | kSet) + kGenerationOne;
       if (loops(s) != 0) n |= kPulsed;
+      // Work left after this CAS (waking threads, the pipe) is announced in the same CAS, so
+      // that a waiter released by it may destroy the event: the destructor waits for us (I6).
+      more_to_do = blocked(n) != 0 || needs_pipe_io(n);
+      if (more_to_do) {
+        if (setting(s) == setting(kSettingMask)) {
+          std::this_thread::yield();  // 63 setters mid-way (rapid pulses): let one finish
+          s = state_.load(std::memory_order_relaxed);
+          continue;
+        }
+        n += kSettingOne;
+      }
     } while (
         !state_.compare_exchange_weak(s, n, std::memory_order_acq_rel, std::memory_order_relaxed));
+    if (!more_to_do) return;  // the common in-loop case: one CAS, nothing else
     if (blocked(n) != 0) {
       wake_sequence_.fetch_add(1, std::memory_order_release);
       detail::futex_wake_all(futex_word());
     }
     if (needs_pipe_io(n)) reconcile_pipe();
+    state_.fetch_sub(kSettingOne, std::memory_order_release);  // last touch of *this
   }
 
   void clear() noexcept {
@@ -169,7 +194,9 @@ class WaitableEvent {
   static constexpr std::uint64_t kLoopOne = 1u << 6;
   static constexpr std::uint64_t kLoopMask = 0x3FFu << 6;
   static constexpr std::uint64_t kBlockedOne = 1u << 16;
-  static constexpr std::uint64_t kBlockedMask = 0xFFFFu << 16;
+  static constexpr std::uint64_t kBlockedMask = 0x3FFu << 16;
+  static constexpr std::uint64_t kSettingOne = 1u << 26;
+  static constexpr std::uint64_t kSettingMask = 0x3Fu << 26;
   static constexpr std::uint64_t kGenerationOne = std::uint64_t{1} << 32;
 
   static constexpr std::uint32_t loops(std::uint64_t s) noexcept {
@@ -177,6 +204,9 @@ class WaitableEvent {
   }
   static constexpr std::uint32_t blocked(std::uint64_t s) noexcept {
     return static_cast<std::uint32_t>((s & kBlockedMask) >> 16);
+  }
+  static constexpr std::uint32_t setting(std::uint64_t s) noexcept {
+    return static_cast<std::uint32_t>((s & kSettingMask) >> 26);
   }
   static constexpr std::uint32_t generation(std::uint64_t s) noexcept {
     return static_cast<std::uint32_t>(s >> 32);
