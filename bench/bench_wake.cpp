@@ -9,6 +9,11 @@
 //
 // Side A starts every round trip and decides when to stop; it then sends B a "stop" message
 // in place of the ping.
+//
+// Each runs twice: pinned:0 lets the kernel place the two threads; pinned:1 pins both to one
+// CPU, as a busy machine often does, so that every wake-up is also a context switch there.
+#include <pthread.h>
+#include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/select.h>
@@ -33,6 +38,39 @@ constexpr std::int64_t kRoundTrips = 200'000;
 
 void check(bool ok, const char* what) {
   if (!ok) bench::fail(what);
+}
+
+// With `one_cpu`, pins the calling thread (and so the threads it starts) to the first CPU it may
+// run on, until destroyed.
+class Pin {
+ public:
+  explicit Pin(bool one_cpu) : active_(one_cpu) {
+    if (!active_) return;
+    check(pthread_getaffinity_np(pthread_self(), sizeof saved_, &saved_) == 0, "getaffinity");
+    cpu_set_t one;
+    CPU_ZERO(&one);
+    for (int cpu = 0; cpu < CPU_SETSIZE; ++cpu) {
+      if (CPU_ISSET(cpu, &saved_)) {
+        CPU_SET(cpu, &one);
+        break;
+      }
+    }
+    check(pthread_setaffinity_np(pthread_self(), sizeof one, &one) == 0, "setaffinity");
+  }
+  ~Pin() {
+    if (active_) pthread_setaffinity_np(pthread_self(), sizeof saved_, &saved_);
+  }
+  Pin(const Pin&) = delete;
+  Pin& operator=(const Pin&) = delete;
+
+ private:
+  bool active_;
+  cpu_set_t saved_{};
+};
+
+void wake_args(benchmark::internal::Benchmark* b) {
+  bench::configure(b);
+  b->ArgName("pinned")->Arg(0)->Arg(1);
 }
 
 // ---- coselect ------------------------------------------------------------------------------
@@ -68,6 +106,7 @@ coselect::Task<void> side_b(CoselectGame& g) {
 
 void wake_coselect(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     CoselectGame g;
     coselect::Scheduler a, b;
     bench::Stopwatch sw;
@@ -78,7 +117,7 @@ void wake_coselect(benchmark::State& state) {
     sw.stop(state, g.done);
   }
 }
-COSELECT_BENCH(wake_coselect)->Name("wake/coselect");
+BENCHMARK(wake_coselect)->Name("wake/coselect")->Apply(wake_args);
 
 // ---- floors --------------------------------------------------------------------------------
 
@@ -111,6 +150,7 @@ struct Pipe {
 
 void wake_pipe_select(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     Pipe to_b, to_a;
     std::int64_t done = 0;
     bench::Stopwatch sw;
@@ -128,7 +168,7 @@ void wake_pipe_select(benchmark::State& state) {
     sw.stop(state, done);
   }
 }
-COSELECT_BENCH(wake_pipe_select)->Name("wake/floor_pipe_select");
+BENCHMARK(wake_pipe_select)->Name("wake/floor_pipe_select")->Apply(wake_args);
 
 struct EventFd {
   int fd = -1, ep = -1;
@@ -162,6 +202,7 @@ struct EventFd {
 
 void wake_eventfd_epoll(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     EventFd to_b, to_a;
     std::int64_t done = 0;
     bench::Stopwatch sw;
@@ -179,10 +220,11 @@ void wake_eventfd_epoll(benchmark::State& state) {
     sw.stop(state, done);
   }
 }
-COSELECT_BENCH(wake_eventfd_epoll)->Name("wake/floor_eventfd_epoll");
+BENCHMARK(wake_eventfd_epoll)->Name("wake/floor_eventfd_epoll")->Apply(wake_args);
 
 void wake_condvar(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     std::mutex m;
     std::condition_variable cv_a, cv_b;
     int turn = 0;  // 0: a's turn, 1: b's turn, 2: b must stop
@@ -214,7 +256,7 @@ void wake_condvar(benchmark::State& state) {
     sw.stop(state, done);
   }
 }
-COSELECT_BENCH(wake_condvar)->Name("wake/floor_mutex_condvar");
+BENCHMARK(wake_condvar)->Name("wake/floor_mutex_condvar")->Apply(wake_args);
 
 // ---- Asio ----------------------------------------------------------------------------------
 
@@ -242,6 +284,7 @@ struct AsioGame {
 
 void wake_asio(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     asio::io_context a(1), b(1);
     auto guard_a = asio::make_work_guard(a);
     auto guard_b = asio::make_work_guard(b);
@@ -255,7 +298,7 @@ void wake_asio(benchmark::State& state) {
     sw.stop(state, game.done);
   }
 }
-COSELECT_BENCH(wake_asio)->Name("wake/asio_post");
+BENCHMARK(wake_asio)->Name("wake/asio_post")->Apply(wake_args);
 
 // ---- libuv ---------------------------------------------------------------------------------
 
@@ -269,6 +312,7 @@ struct UvGame {
 
 void wake_libuv(benchmark::State& state) {
   for (auto _ : state) {
+    const Pin pin(state.range(0) == 1);
     UvGame g;
     uv_loop_init(&g.loop_a);
     uv_loop_init(&g.loop_b);
@@ -302,7 +346,7 @@ void wake_libuv(benchmark::State& state) {
     uv_loop_close(&g.loop_b);
   }
 }
-COSELECT_BENCH(wake_libuv)->Name("wake/libuv_async");
+BENCHMARK(wake_libuv)->Name("wake/libuv_async")->Apply(wake_args);
 
 }  // namespace
 

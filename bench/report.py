@@ -20,12 +20,22 @@ UNITS = {WALL: "ns wall", CPU: "ns CPU", HEAP: "B heap", RSS: "B RSS",
 
 # Ratio comparisons: (workload, op, coselect, peer, metric, target ratio or None, target text)
 COMPARISONS = [
-    ("wake round trip", "round trip", "wake/coselect", "wake/floor_pipe_select", WALL, 1.10,
-     "<= 1.10"),
-    ("wake round trip", "round trip", "wake/coselect", "wake/asio_post", WALL, 1.0, "<= 1"),
-    ("wake round trip", "round trip", "wake/coselect", "wake/libuv_async", WALL, 1.0, "<= 1"),
-    ("wake round trip", "round trip", "wake/coselect", "wake/floor_eventfd_epoll", WALL, None, ""),
-    ("wake round trip", "round trip", "wake/coselect", "wake/floor_mutex_condvar", WALL, None, ""),
+    ("wake round trip", "round trip", "wake/coselect/pinned:0", "wake/floor_pipe_select/pinned:0",
+     WALL, 1.10, "<= 1.10"),
+    ("wake round trip", "round trip", "wake/coselect/pinned:0", "wake/asio_post/pinned:0", WALL,
+     1.0, "<= 1"),
+    ("wake round trip", "round trip", "wake/coselect/pinned:0", "wake/libuv_async/pinned:0", WALL,
+     1.0, "<= 1"),
+    ("wake round trip", "round trip", "wake/coselect/pinned:0",
+     "wake/floor_eventfd_epoll/pinned:0", WALL, None, ""),
+    ("wake round trip", "round trip", "wake/coselect/pinned:0",
+     "wake/floor_mutex_condvar/pinned:0", WALL, None, ""),
+    ("wake, both threads on 1 CPU", "round trip", "wake/coselect/pinned:1",
+     "wake/floor_pipe_select/pinned:1", WALL, None, ""),
+    ("wake, both threads on 1 CPU", "round trip", "wake/coselect/pinned:1",
+     "wake/asio_post/pinned:1", WALL, None, ""),
+    ("wake, both threads on 1 CPU", "round trip", "wake/coselect/pinned:1",
+     "wake/libuv_async/pinned:1", WALL, None, ""),
     ("in-loop hand-off", "hand-off", "handoff/coselect_event", "handoff/floor_pipe_select", CPU,
      1.10, "<= 1.10"),
     ("in-loop hand-off", "hand-off", "handoff/coselect_event", "handoff/asio_timer_cancel", CPU,
@@ -264,7 +274,9 @@ def main():
                f"{machine.get('libuv', '?')}, Google Benchmark {machine.get('benchmark', '?')}. "
                f"Load average before / after: {machine.get('load_before', '?')} / "
                f"{machine.get('load_after', '?')}. Repetitions: {machine.get('reps', '?')}, "
-               f"scale: {machine.get('scale', '?')}.")
+               f"scale: {machine.get('scale', '?')}. coselect at {machine.get('revision', '?')}"
+               + (" (with uncommitted changes under include/)"
+                  if machine.get("include_changes") else "") + ".")
     out.append("")
     out.append("![coselect / peer ratios](results/ratios.svg)")
     out.append("")

@@ -86,6 +86,8 @@ json.dump({
     "benchmark": sh("dpkg-query", "-W", "-f=${Version}", "libbenchmark-dev"),
     "load_before": load_before, "load_after": " ".join(open("/proc/loadavg").read().split()[:3]),
     "reps": int(reps), "scale": float(scale),
+    "revision": sh("git", "describe", "--always", "--dirty"),
+    "include_changes": sh("git", "status", "--porcelain", "--", "include"),
 }, open(out, "w"), indent=2)
 PY
 
