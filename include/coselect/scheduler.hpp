@@ -464,9 +464,15 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   void cancel_event_waiters(WaitableEvent& ev) noexcept override {
-    auto cancel_all = [this](detail::event_watch& w) {
-      while (w.head != nullptr)
-        finish_event_waiter(*w.head, detail::wait_outcome::canceled);
+    // Waiters a set() already released (the loop just had not looked yet) resume normally.
+    const std::uint64_t s = detail::event_access::load(ev);
+    auto cancel_all = [this, s](detail::event_watch& w) {
+      while (w.head != nullptr) {
+        const bool released = detail::event_access::is_set(s) ||
+                              detail::event_access::generation(s) != w.head->generation;
+        finish_event_waiter(
+            *w.head, released ? detail::wait_outcome::released : detail::wait_outcome::canceled);
+      }
       release_watch(w);
     };
     detail::event_watch& primary = detail::event_access::primary_watch(ev);

@@ -2,10 +2,12 @@
 // loop (BACpypes' task module), and the gateway through which other threads reach the loop.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdint>
+#include <deque>
 #include <exception>
 #include <limits>
 #include <memory>
@@ -44,19 +46,28 @@ struct task_queue {
 
   std::mutex mutex;
   task_host* host;                             // null once the TaskManager is gone
-  timer_heap heap;                             // of task_record
+  timer_heap heap;                             // timed task_records
+  std::deque<task_record*> soon;               // call_soon's records: FIFO, O(1) both ends
   std::vector<std::coroutine_handle<>> inbox;  // resume() calls from other threads
-  // Earliest due time in `heap` (ns since the clock's epoch), readable without the mutex so the
-  // loop can skip locking when nothing is due.
+  // Earliest due time (ns since the clock's epoch), readable without the mutex so the loop can
+  // skip locking when nothing is due.
   std::atomic<std::int64_t> earliest_due_ns{std::numeric_limits<std::int64_t>::max()};
 
+  // Queues a record (its state and keep_alive already set); call_soon's go to the FIFO.
+  inline void enqueue(task_record& r);
+  // Takes a queued record out again.
+  inline void withdraw(task_record& r);
+  // Puts back, in front, records that were taken for a batch but did not run.
+  inline void restore(task_record& r);
+
   void publish_earliest() noexcept {
-    const auto next = heap.next_due();
-    earliest_due_ns.store(
-        next
-            ? std::chrono::duration_cast<std::chrono::nanoseconds>(next->time_since_epoch()).count()
-            : std::numeric_limits<std::int64_t>::max(),
-        std::memory_order_release);
+    std::int64_t ns = std::numeric_limits<std::int64_t>::max();
+    if (!soon.empty()) {
+      ns = std::numeric_limits<std::int64_t>::min();
+    } else if (const auto next = heap.next_due()) {
+      ns = std::chrono::duration_cast<std::chrono::nanoseconds>(next->time_since_epoch()).count();
+    }
+    earliest_due_ns.store(ns, std::memory_order_release);
   }
 };
 
@@ -78,6 +89,37 @@ struct task_record : timer_node {
   virtual ~task_record() = default;
   virtual void invoke() = 0;
 };
+
+// call_soon's records are due at the beginning of time; they live in the FIFO, not the heap.
+inline bool is_soon(const task_record& r) noexcept {
+  return r.due == std::chrono::steady_clock::time_point::min();
+}
+
+inline void task_queue::enqueue(task_record& r) {
+  if (is_soon(r)) {
+    soon.push_back(&r);
+  } else {
+    heap.push(r);
+  }
+  publish_earliest();
+}
+
+inline void task_queue::withdraw(task_record& r) {
+  if (r.armed()) {
+    heap.remove(r);
+  } else {
+    soon.erase(std::find(soon.begin(), soon.end(), &r));  // rare: a call_soon suspended
+  }
+  publish_earliest();
+}
+
+inline void task_queue::restore(task_record& r) {
+  if (is_soon(r)) {
+    soon.push_front(&r);
+  } else {
+    heap.push_keeping_sequence(r, r.sequence);
+  }
+}
 
 template <class F>
 struct task_record_for final : task_record {
@@ -139,8 +181,7 @@ class TaskHandle {
       detail::task_queue& q = *record_->queue;
       switch (record_->state) {
         case detail::task_state::queued:
-          q.heap.remove(*record_);
-          q.publish_earliest();
+          q.withdraw(*record_);
           record_->state = detail::task_state::idle;
           released = std::move(record_->keep_alive);
           break;
@@ -196,13 +237,12 @@ class TaskHandle {
         if (record_->state == detail::task_state::running) record_->stop_recurring = false;
         return;  // resume() of a scheduled task
       }
+      if (record_->state == detail::task_state::queued) q.withdraw(*record_);
       if (when) record_->due = *when;
-      if (record_->state == detail::task_state::queued) q.heap.remove(*record_);
       if (record_->state == detail::task_state::running) record_->stop_recurring = false;
       record_->state = detail::task_state::queued;
       record_->keep_alive = record_;
-      q.heap.push(*record_);
-      q.publish_earliest();
+      q.enqueue(*record_);
       if (!q.host->on_loop_thread()) q.host->wake();  // under the lock: see TaskManager::resume
     }
   }
@@ -239,6 +279,11 @@ class TaskManager {
         r->state = detail::task_state::idle;
         released.push_back(std::move(r->keep_alive));
       }
+      for (detail::task_record* r : queue_->soon) {
+        r->state = detail::task_state::idle;
+        released.push_back(std::move(r->keep_alive));
+      }
+      queue_->soon.clear();
       queue_->inbox.clear();
     }
   }
@@ -294,7 +339,7 @@ class TaskManager {
   // Number of installed tasks waiting to run (diagnostics and tests).
   std::size_t pending() const {
     std::lock_guard lock(queue_->mutex);
-    return queue_->heap.size();
+    return queue_->heap.size() + queue_->soon.size();
   }
 
   // ---- for the owning Scheduler -----------------------------------------------------------
@@ -319,12 +364,17 @@ class TaskManager {
     if (!earliest || now < *earliest) return nullptr;
     {
       std::lock_guard lock(queue_->mutex);
+      // The batch holds its own references: a callback may suspend a later task of the batch
+      // and drop the last handle to it.
+      auto take = [this](detail::task_record& r) {
+        r.state = detail::task_state::taken;
+        batch_.push_back(r.keep_alive);
+      };
+      for (detail::task_record* r : queue_->soon)
+        take(*r);
+      queue_->soon.clear();
       while (detail::timer_node* n = queue_->heap.pop_due(now)) {
-        auto* r = static_cast<detail::task_record*>(n);
-        r->state = detail::task_state::taken;
-        // The batch holds its own reference: a callback may suspend a later task of the batch
-        // and drop the last handle to it.
-        batch_.push_back(r->keep_alive);
+        take(static_cast<detail::task_record&>(*n));
       }
       queue_->publish_earliest();
     }
@@ -381,8 +431,7 @@ class TaskManager {
       record->due = due;
       record->state = detail::task_state::queued;
       record->keep_alive = record;
-      queue_->heap.push(*record);
-      queue_->publish_earliest();
+      queue_->enqueue(*record);
       if (!queue_->host->on_loop_thread()) queue_->host->wake();  // under the lock: see resume()
     }
     return TaskHandle(std::move(record));
@@ -397,8 +446,7 @@ class TaskManager {
     if (r.interval.count() > 0 && !r.stop_recurring && queue_->host != nullptr) {
       r.due = next_grid_due(r);
       r.state = detail::task_state::queued;
-      queue_->heap.push(r);
-      queue_->publish_earliest();
+      queue_->enqueue(r);
     } else {
       r.state = detail::task_state::idle;
       released = std::move(r.keep_alive);
@@ -407,11 +455,12 @@ class TaskManager {
 
   void requeue_rest(std::size_t from) {
     std::lock_guard lock(queue_->mutex);
-    for (std::size_t i = from; i < batch_.size(); ++i) {
+    // Backwards, so that records put in front of the FIFO keep their order.
+    for (std::size_t i = batch_.size(); i-- > from;) {
       detail::task_record* r = batch_[i].get();
       if (r->state != detail::task_state::taken) continue;
       r->state = detail::task_state::queued;
-      queue_->heap.push_keeping_sequence(*r, r->sequence);
+      queue_->restore(*r);
     }
     queue_->publish_earliest();
   }

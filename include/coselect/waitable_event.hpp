@@ -39,9 +39,10 @@ struct event_access;
 //    be had. The destructor closes both ends; coroutines of this thread's scheduler still
 //    waiting resume with std::system_error(errc::operation_canceled). A thread that a set()
 //    released (or that saw is_set()) may destroy the event at once, even while that set() is
-//    still finishing: the destructor waits for it. Destroying an event while another thread
-//    blocks on it, or another thread's scheduler has coroutines waiting on it, is a
-//    precondition violation.
+//    still finishing or other released threads are still returning: the destructor waits for
+//    them. Destroying an event while another thread blocks on it (the destructor would wait
+//    for that wait to end), or while another thread's scheduler has coroutines waiting on it,
+//    is a precondition violation.
 //
 // State machine. One 64-bit atomic word holds everything set() needs to decide, so each
 // operation is one compare-and-swap followed, only if needed, by system calls:
@@ -73,8 +74,9 @@ struct event_access;
 //      (so it cannot sleep through a set()), and set() writes the byte when `loops` > 0.
 //  I6  A waiter released by set() may destroy the event at once (threading.Event allows it):
 //      set() announces in `setting`, with the same CAS that publishes `set`, that it will still
-//      touch the event, and the destructor waits until `setting` is zero. A set() with nothing
-//      left to do (no blocked thread, no pipe I/O) announces nothing and costs one CAS.
+//      touch the event, a blocked waiter's last touch is leaving `blocked`, and the destructor
+//      waits until both counts are zero. A set() with nothing left to do (no blocked thread,
+//      no pipe I/O) announces nothing and costs one CAS.
 //
 // Pipe reconciliation is a lock-free "combining" step: whoever finds the pipe out of line with
 // I2 takes `syncing`, does the write()/read(), and publishes `byte`; concurrent callers (a
@@ -96,9 +98,12 @@ class WaitableEvent {
   WaitableEvent& operator=(const WaitableEvent&) = delete;
 
   ~WaitableEvent() {
-    // A set() that released a waiter may still be finishing (I6): wait until it is out.
-    while (setting(state_.load(std::memory_order_acquire)) != 0)
+    // A set() that released a waiter, or another released waiter, may still be on its way out
+    // (I6): wait until they are gone.
+    for (std::uint64_t s = state_.load(std::memory_order_acquire);
+         setting(s) != 0 || blocked(s) != 0; s = state_.load(std::memory_order_acquire)) {
       std::this_thread::yield();
+    }
     detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
     if (owner != nullptr) owner->cancel_event_waiters(*this);
     detail::loop_hooks* here = detail::current_loop();
@@ -111,23 +116,24 @@ class WaitableEvent {
     std::uint64_t s = state_.load(std::memory_order_relaxed);
     std::uint64_t n;
     bool more_to_do;
-    do {
+    for (;;) {
       if (s & kSet) return;
       n = (s | kSet) + kGenerationOne;
       if (loops(s) != 0) n |= kPulsed;
       // Work left after this CAS (waking threads, the pipe) is announced in the same CAS, so
       // that a waiter released by it may destroy the event: the destructor waits for us (I6).
       more_to_do = blocked(n) != 0 || needs_pipe_io(n);
-      if (more_to_do) {
-        if (setting(s) == setting(kSettingMask)) {
-          std::this_thread::yield();  // 63 setters mid-way (rapid pulses): let one finish
-          s = state_.load(std::memory_order_relaxed);
-          continue;
-        }
-        n += kSettingOne;
+      if (more_to_do && setting(s) == setting(kSettingMask)) {
+        std::this_thread::yield();  // 63 setters mid-way (rapid pulses): let one finish
+        s = state_.load(std::memory_order_relaxed);
+        continue;
       }
-    } while (
-        !state_.compare_exchange_weak(s, n, std::memory_order_acq_rel, std::memory_order_relaxed));
+      if (more_to_do) n += kSettingOne;
+      if (state_.compare_exchange_weak(s, n, std::memory_order_acq_rel,
+                                       std::memory_order_relaxed)) {
+        break;
+      }
+    }
     if (!more_to_do) return;  // the common in-loop case: one CAS, nothing else
     if (blocked(n) != 0) {
       wake_sequence_.fetch_add(1, std::memory_order_release);
@@ -282,8 +288,10 @@ class WaitableEvent {
     while (wake_sequence_.load(std::memory_order_acquire) == sequence) {
       if (!detail::futex_wait(futex_word(), sequence, deadline)) break;  // timed out
     }
+    const bool pulsed = wake_sequence_.load(std::memory_order_acquire) != sequence;
+    // Last touch of *this: another released thread may destroy the event right after (I6).
     const std::uint64_t after = state_.fetch_sub(kBlockedOne, std::memory_order_acq_rel);
-    return wake_sequence_.load(std::memory_order_acquire) != sequence || (after & kSet);
+    return pulsed || (after & kSet);
   }
 
   mutable std::atomic<std::uint64_t> state_{0};
@@ -357,7 +365,10 @@ class WaitableEvent::wait_awaiter {
   bool await_ready() {
     loop_ = detail::current_loop();
     if (loop_ == nullptr) detail::throw_no_scheduler("WaitableEvent::wait()");
-    return event_.is_set();
+    // Decide here, once: re-reading is_set() later could see a clear() from another thread.
+    if (!event_.is_set()) return false;
+    node_.outcome = detail::wait_outcome::released;
+    return true;
   }
 
   bool await_suspend(std::coroutine_handle<> h) {
@@ -395,7 +406,9 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
 
   bool await_ready() {
     if (wait_awaiter::await_ready()) return true;
-    return timeout_.count() <= 0;  // a poll: answer without suspending
+    if (timeout_.count() > 0) return false;
+    node_.outcome = detail::wait_outcome::timed_out;  // a poll that found the event clear
+    return true;
   }
 
   bool await_suspend(std::coroutine_handle<> h) {
@@ -406,14 +419,7 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
 
   bool await_resume() const {
     throw_if_canceled();
-    switch (node_.outcome) {
-      case detail::wait_outcome::pending:  // never suspended
-        return event_.is_set();
-      case detail::wait_outcome::timed_out:
-        return false;
-      default:
-        return true;
-    }
+    return node_.outcome == detail::wait_outcome::released;
   }
 
  private:
