@@ -32,6 +32,9 @@ done
 ensure_deps cmake g++ ninja-build pkg-config python3 time strace libbenchmark-dev libasio-dev \
   libuv1-dev gnuplot-nox
 
+# What is measured: the commit, and whether include/ had uncommitted changes when it was built.
+revision=$(git describe --always --dirty 2>/dev/null || echo unknown)
+include_changes=$(git status --porcelain -- include 2>/dev/null | wc -l)
 cmake --preset bench
 cmake --build --preset bench -j"$(build_jobs)"
 bin=build/bench/bench
@@ -40,7 +43,7 @@ if ((smoke)); then
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
   for b in bench_wake bench_loop bench_timers bench_fd; do
-    "$bin/$b" --scale=0.001 --benchmark_repetitions=1 ${filter:+--benchmark_filter="$filter"} \
+    "$bin/$b" --scale=0.001 --max_seconds=2 --benchmark_repetitions=1 ${filter:+--benchmark_filter="$filter"} \
       --benchmark_out="$out/$b.json" --benchmark_out_format=json
   done
   echo "smoke run OK (results discarded)"
@@ -65,9 +68,10 @@ if [[ -z $filter ]]; then
   python3 bench/compile_cost.py --reps "$reps" --out "$results/compile.json"
 fi
 
-python3 - "$results/machine.json" "$load_before" "$reps" "$scale" <<'PY'
+python3 - "$results/machine.json" "$load_before" "$reps" "$scale" "$revision" "$include_changes" \
+  <<'PY'
 import json, platform, re, subprocess, sys, datetime
-out, load_before, reps, scale = sys.argv[1:]
+out, load_before, reps, scale, revision, include_changes = sys.argv[1:]
 def sh(*cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True).stdout.strip()
@@ -86,8 +90,7 @@ json.dump({
     "benchmark": sh("dpkg-query", "-W", "-f=${Version}", "libbenchmark-dev"),
     "load_before": load_before, "load_after": " ".join(open("/proc/loadavg").read().split()[:3]),
     "reps": int(reps), "scale": float(scale),
-    "revision": sh("git", "describe", "--always", "--dirty"),
-    "include_changes": sh("git", "status", "--porcelain", "--", "include"),
+    "revision": revision, "include_changes": int(include_changes),
 }, open(out, "w"), indent=2)
 PY
 
