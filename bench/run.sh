@@ -29,8 +29,10 @@ while (($#)); do
   esac
 done
 
-ensure_deps cmake g++ ninja-build pkg-config python3 time strace libbenchmark-dev libasio-dev \
-  libuv1-dev gnuplot-nox
+# Building needs the peers; measuring also needs strace, /usr/bin/time, python3 and gnuplot.
+deps=(cmake g++ ninja-build pkg-config libbenchmark-dev libasio-dev libuv1-dev)
+((smoke)) || deps+=(python3 time strace gnuplot-nox)
+ensure_deps "${deps[@]}"
 
 # What is measured: the commit, and whether include/ had uncommitted changes when it was built.
 revision=$(git describe --always --dirty 2>/dev/null || echo unknown)
