@@ -11,7 +11,7 @@
 //   4. fork(): the child can make and use new objects; what it may do with the parent's
 //      (read is_set(), destroy them, or exec: the pipes are close-on-exec) leaves the parent's
 //      objects intact
-//   5. Known library bugs (own suite, last: see the BUG comments)
+//   5. Regressions: library bugs this work found (fixed in fba200a), last in their own suite
 //
 // Where the library opens no fd (run_in_thread's worker threads, the loop's select()), there is
 // no EMFILE case to test: thread creation failures are section 2. Timing bounds are one-sided
@@ -836,21 +836,16 @@ TEST(Fork, PipesAreCloseOnExec) {
 }
 
 // =================================================================================================
-// 5. Known library bugs
+// 5. Regressions: library bugs found by the soak and the fuzzer (fixed in fba200a)
 // =================================================================================================
 
-// BUG: `co_await ev.wait(timeout)` on an event that is set when the wait begins does not
-// suspend (await_ready() sees is_set()), but await_resume() reads is_set() again instead of
-// remembering what await_ready() saw. A clear() by another thread between the two (any time:
-// they are separate calls) makes the wait return false — a "timeout" after 0 s of a positive
-// timeout, for a waiter that arrived while the event was set. The soak test hits it under load
-// ("a coroutine wait timed out early"). Here the two calls are made by hand, with the clear()
-// between them where another thread's would land.
-// Fix (waitable_event.hpp, timed_wait_awaiter): record the answer in await_ready():
-//   if (wait_awaiter::await_ready()) { node_.outcome = wait_outcome::released; return true; }
-//   if (timeout_.count() <= 0) { node_.outcome = wait_outcome::timed_out; return true; }
-// and let await_resume() rely on node_.outcome (drop the `pending -> is_set()` re-read).
-COSELECT_TEST(KnownBugs, TimedWaitThatFindsTheEventSetAnswersTrueEvenIfClearedAtOnce) {
+// Was BUG (found by the soak: "a coroutine wait timed out early"): `co_await ev.wait(timeout)`
+// on an event that is set when the wait begins does not suspend (await_ready() sees is_set()),
+// but await_resume() read is_set() again instead of remembering what await_ready() saw. A
+// clear() by another thread between the two made the wait return false: a "timeout" after 0 s
+// of a positive timeout, for a waiter that arrived while the event was set. Here the two calls
+// are made by hand, with the clear() between them where another thread's would land.
+COSELECT_TEST(Regression, TimedWaitThatFindsTheEventSetAnswersTrueEvenIfClearedAtOnce) {
   WaitableEvent ev;
   ev.set();
   auto awaiter = ev.wait(1s);
@@ -858,6 +853,37 @@ COSELECT_TEST(KnownBugs, TimedWaitThatFindsTheEventSetAnswersTrueEvenIfClearedAt
   ev.clear();                             // another thread's clear() lands here
   EXPECT_TRUE(awaiter.await_resume()) << "a 1 s wait on a set event reported a timeout at once";
   co_return;
+}
+
+// Was BUG (found by the fuzzer, fuzz/corpus/seed-09-destroy-event.bin): destroying an event
+// right after set(), before the loop had looked, resumed the coroutines that set() had released
+// with operation_canceled instead of normally.
+TEST(Regression, CoroutinesReleasedBySetResumeNormallyWhenTheEventIsDestroyedAtOnce) {
+  Scheduler s;
+  auto ev = std::make_unique<WaitableEvent>();
+  int released = 0, canceled = 0;
+  auto waiter = [&](bool timed) -> Task<void> {
+    try {
+      if (timed) {
+        const bool ok = co_await ev->wait(1h);
+        if (ok) ++released;
+      } else {
+        co_await ev->wait();
+        ++released;
+      }
+    } catch (const std::system_error&) {
+      ++canceled;
+    }
+  };
+  s.spawn(waiter(false));
+  s.spawn(waiter(true));
+  s.run_for(0ms);  // both wait now
+  ev->set();
+  ev->clear();  // a pulse, even
+  ev.reset();
+  s.run_for(0ms);
+  EXPECT_EQ(released, 2);
+  EXPECT_EQ(canceled, 0);
 }
 
 }  // namespace

@@ -352,11 +352,11 @@ struct Soak {
       const auto timeout = std::chrono::microseconds(rng() % 400);
       const auto t0 = scheduler.now();
       const bool ok = co_await hammer_event.wait(timeout);
-      // BUG: (library) a timed co_await ev.wait(t) that finds the event set re-reads is_set()
-      // in await_resume, so a clear() from another thread in between makes it return false
-      // at once: a timeout that fires early. See KnownBugs in test_faults.cpp.
+      // This check found a library bug (fixed in fba200a): a timed wait that found the event
+      // set re-read is_set() in await_resume, so another thread's clear() in between made it
+      // return false at once. See Regression.* in test_faults.cpp.
       if (!ok && scheduler.now() - t0 < timeout) {
-        failures.add("a coroutine wait timed out early (BUG: KnownBugs in test_faults.cpp)");
+        failures.add("a coroutine wait timed out early");
       }
       timed_waits.fetch_add(1, std::memory_order_relaxed);
       if (rng() % 4 == 0) {
