@@ -290,19 +290,25 @@ TEST(WaitableEventAwait, APulseReleasesWaitersOfSeveralIdleSchedulers) {
 
 TEST(WaitableEventAwait, APulseFromAnotherThreadWakesASecondScheduler) {
   WaitableEvent ev;
+  WaitableEvent b_done;
   Scheduler a, b;
   std::vector<int> log;
   a.spawn(record_after_wait(ev, log, 1));
   a.run_for(0ms);  // a owns the built-in watch and is idle
+  b.spawn([](WaitableEvent& ev, WaitableEvent& done, std::vector<int>& log) -> Task<void> {
+    co_await ev.wait();  // b sleeps in select() on the pipe until the pulse
+    log.push_back(2);
+    done.set();
+  }(ev, b_done, log));
   std::thread pulser;
-  b.run([](WaitableEvent& ev, std::vector<int>& log, std::thread& pulser) -> Task<void> {
+  b.run([](WaitableEvent& ev, WaitableEvent& done, std::thread& pulser) -> Task<void> {
+    co_await coselect::yield_now();  // the spawned waiter ran first and is waiting now
     pulser = std::thread([&ev] {
       ev.set();
       ev.clear();
     });
-    co_await ev.wait();  // b sleeps in select() on the pipe until the pulse
-    log.push_back(2);
-  }(ev, log, pulser));
+    co_await done.wait();
+  }(ev, b_done, pulser));
   pulser.join();
   a.run_for(0ms);
   EXPECT_EQ(log, (std::vector<int>{2, 1}));
