@@ -28,7 +28,9 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
 #include <coselect.hpp>
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -42,40 +44,10 @@ using coselect::Task;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-long blocked_syscall(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return -2;
-  long nr = -1;
-  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
-  std::fclose(f);
-  return nr;
-}
-
-bool is_select(long nr) {
-#ifdef SYS_select
-  if (nr == SYS_select) return true;
-#endif
-  return nr == SYS_pselect6;
-}
-
-// Observes (does not sleep) until thread `tid` is blocked in select(); false on timeout or if
-// /proc cannot tell.
-bool wait_until_in_select(pid_t tid, Clock::duration limit = 5s) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    const long nr = blocked_syscall(tid);
-    if (nr == -2) return false;
-    if (is_select(nr)) return true;
-    std::this_thread::yield();
-  }
-  return false;
-}
-
-bool proc_syscall_readable() {
-  return blocked_syscall(static_cast<pid_t>(::gettid())) != -2;
-}
+using coselect_test::blocked_syscall;
+using coselect_test::is_select;
+using coselect_test::proc_syscall_readable;
+using coselect_test::wait_until_in_select;
 
 bool fd_readable(int fd) {
   pollfd p{fd, POLLIN, 0};

@@ -35,7 +35,9 @@
 #include <vector>
 
 #include <gtest/gtest.h>
+
 #include <coselect.hpp>
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -95,38 +97,10 @@ TaskHandle backstop(Scheduler& s, bool& fired, Clock::duration limit = 20s) {
   });
 }
 
-// The system call a thread is blocked in (its number), or -1 while it runs, or -2 if /proc
-// cannot tell.
-long blocked_syscall(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return -2;
-  long nr = -1;
-  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
-  std::fclose(f);
-  return nr;
-}
-
-bool is_select(long nr) {
-#ifdef SYS_select
-  if (nr == SYS_select) return true;
-#endif
-  return nr == SYS_pselect6;
-}
-
-// Waits (observing, not sleeping) until thread `tid` is blocked in select(). False if that was
-// not seen within `limit` or /proc cannot tell.
-bool wait_until_in_select(pid_t tid, Clock::duration limit = 5s) {
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    const long nr = blocked_syscall(tid);
-    if (nr == -2) return false;
-    if (is_select(nr)) return true;
-    std::this_thread::yield();
-  }
-  return false;
-}
+using coselect_test::blocked_syscall;
+using coselect_test::is_select;
+using coselect_test::proc_syscall_readable;
+using coselect_test::wait_until_in_select;
 
 // =================================================================================================
 // 1. call_soon / call_later / call_at

@@ -1,0 +1,53 @@
+// Test support: what another thread is doing, read from /proc — observed, never slept on.
+// Tests use it to know that a loop really is asleep in select() before they wake it.
+#pragma once
+
+#include <sys/syscall.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <thread>
+
+namespace coselect_test {
+
+// The system call a thread is blocked in (its number), or -1 while it runs, or -2 if /proc
+// cannot tell.
+inline long blocked_syscall(pid_t tid) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
+  std::FILE* f = std::fopen(path, "r");
+  if (f == nullptr) return -2;
+  long nr = -1;
+  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
+  std::fclose(f);
+  return nr;
+}
+
+inline bool is_select(long nr) {
+#ifdef SYS_select
+  if (nr == SYS_select) return true;
+#endif
+  return nr == SYS_pselect6;
+}
+
+// Waits (observing, not sleeping) until thread `tid` is blocked in select(). False if that was
+// not seen within `limit` or /proc cannot tell.
+inline bool wait_until_in_select(
+    pid_t tid, std::chrono::steady_clock::duration limit = std::chrono::seconds(5)) {
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    const long nr = blocked_syscall(tid);
+    if (nr == -2) return false;
+    if (is_select(nr)) return true;
+    std::this_thread::yield();
+  }
+  return false;
+}
+
+inline bool proc_syscall_readable() {
+  return blocked_syscall(static_cast<pid_t>(::gettid())) != -2;
+}
+
+}  // namespace coselect_test
