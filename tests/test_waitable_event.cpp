@@ -1428,7 +1428,7 @@ TEST(WaitableEventLifetime, PollingWaiterMayDestroyEventOnceSet) {
 // the event at once, which I6 allows: the other one was released too and no longer blocks on it,
 // but may still be on its way out of wait_blocking().
 //
-// Regression test for a bug found with it (coselect 53ee1ef): the woken thread did
+// Regression test for a bug found with it (in 53ee1ef, fixed in fba200a): the woken thread did
 // state_.fetch_sub(kBlockedOne) and then wake_sequence_.load(), and the destructor waited only
 // for `setting`, so the other released waiter decremented and read freed memory (here: writes to,
 // or faults on, the destroyed event's page in 4-8% of rounds; TSan: a race with the destructor).
@@ -1645,8 +1645,8 @@ TEST(WaitableEventStress, UntimedWaitersAgainstPulsingTogglers) {
 // waits for `setting` to reach zero) returns. The probe runs on a helper thread with a deadline,
 // so that a stuck event fails the test instead of hanging it.
 //
-// Regression test for a bug found with it (coselect 53ee1ef): when `setting` was saturated (63
-// set() calls mid-way), set() yielded, reloaded `s` and `continue`d -- inside a
+// Regression test for a bug found with it (in 53ee1ef, fixed in fba200a): when `setting` was
+// saturated (63 set() calls mid-way), set() yielded, reloaded `s` and `continue`d -- inside a
 // do { } while (!CAS(s, n)) loop, so the CAS stored the `n` computed from the previous `s`:
 // without the kSettingOne increment, and with every other field (syncing, dirty, byte, loops,
 // blocked, generation) from a stale snapshot. set() then did its final fetch_sub(kSettingOne) on
