@@ -526,8 +526,10 @@ TEST(WhenAllThreads, ChildrenFinishingOnAnotherLoopResumeParentThere) {
     co_return a * 100 + b * 10 + c;
   };
   home.spawn([](coselect::WaitableEvent& go) -> Task<void> {
+    // Spawned work starts before the root: yield once so that the parent is suspended in
+    // when_all (its children handed to `away`) before they may finish.
+    co_await coselect::yield_now();
     go.set();
-    co_return;
   }(go));
   int result = 0;
   try {
