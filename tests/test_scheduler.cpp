@@ -47,6 +47,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/sanitizers.hpp"
 
 namespace {
 
@@ -60,17 +61,7 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using coselect_test::kSanitized;
 
 // How late something may happen (never early): the machine is shared and noisy.
 constexpr std::chrono::milliseconds kLate = kSanitized ? 6000ms : 2000ms;

@@ -30,6 +30,7 @@
 #include <gtest/gtest.h>
 
 #include <coselect.hpp>
+#include "support/sanitizers.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -408,13 +409,9 @@ TEST(SignalSetLifetime, PthreadKillToAThirdThreadWakesTheBlockedLoop) {
   // free the event while the handler still uses them. ThreadSanitizer reports it (data race
   // write()/close(), about 1 run in 3 here). See the report: ~SignalSet must wait for handlers
   // in flight.
-#if defined(__SANITIZE_THREAD__)
-  GTEST_SKIP() << "TSan defers the handler while the bystander sits in a raw futex wait";
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-  GTEST_SKIP() << "TSan defers the handler while the bystander sits in a raw futex wait";
-#endif
-#endif
+  if (coselect_test::kThreadSanitized) {
+    GTEST_SKIP() << "TSan defers the handler while the bystander sits in a raw futex wait";
+  }
   // A bystander thread (parked on an atomic) takes the signal.
   std::atomic<bool> release{false};
   std::thread bystander([&] { release.wait(false); });

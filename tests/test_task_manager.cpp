@@ -37,6 +37,7 @@
 #include <gtest/gtest.h>
 
 #include <coselect.hpp>
+#include "support/sanitizers.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -52,17 +53,7 @@ using coselect::TimeMachine;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using coselect_test::kSanitized;
 
 // Scheduler time as a plain count of nanoseconds since the clock's epoch (virtual time starts
 // at the system clock's epoch, so these are "seconds since 1970" in the BACpypes examples).

@@ -64,6 +64,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect/waitable_event.hpp>
+#include "support/sanitizers.hpp"
 
 namespace {
 
@@ -75,29 +76,8 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-#if defined(__SANITIZE_THREAD__)
-constexpr bool kThreadSanitizer = true;
-#elif defined(__has_feature)
-#if __has_feature(thread_sanitizer)
-constexpr bool kThreadSanitizer = true;
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-#else
-constexpr bool kThreadSanitizer = false;
-#endif
-
-#if defined(__SANITIZE_ADDRESS__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = kThreadSanitizer;
-#endif
-#else
-constexpr bool kSanitized = kThreadSanitizer;
-#endif
+constexpr bool kThreadSanitizer = coselect_test::kThreadSanitized;
+using coselect_test::kSanitized;
 
 // Sanitized builds run 5-15x slower: stress loops shrink by this factor.
 constexpr int kSlowdown = kSanitized ? 10 : 1;

@@ -19,20 +19,11 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include "sanitizers.hpp"
 
 namespace {
 
-#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
-constexpr bool kSanitized = true;
-#elif defined(__has_feature)
-#if __has_feature(address_sanitizer) || __has_feature(thread_sanitizer)
-constexpr bool kSanitized = true;
-#else
-constexpr bool kSanitized = false;
-#endif
-#else
-constexpr bool kSanitized = false;
-#endif
+using coselect_test::kSanitized;
 
 long timeout_seconds() {
   long seconds = 60;
