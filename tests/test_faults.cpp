@@ -108,9 +108,11 @@ void expect_emfile(std::exception_ptr error, const char* what) {
   }
 }
 
-// Fills the fd table: lowers RLIMIT_NOFILE's soft limit to just above the highest open fd and
+// Fills the fd table: lowers RLIMIT_NOFILE's soft limit to a little above the highest open fd and
 // occupies every free number below it, so that opening any fd fails with EMFILE. free(n) gives
-// n numbers back. The destructor closes the fillers and restores the limit.
+// n numbers back. The destructor closes the fillers and restores the limit. The headroom above
+// the highest fd guarantees fillers to give back even when the open fds are dense (0..highest
+// with no gap, as in a CI container), where a limit of exactly highest + 1 would leave none.
 class FdExhaustion {
  public:
   FdExhaustion() {
@@ -127,7 +129,7 @@ class FdExhaustion {
       ::closedir(dir);
     }
     rlimit lowered = saved_;
-    lowered.rlim_cur = static_cast<rlim_t>(highest) + 1;
+    lowered.rlim_cur = static_cast<rlim_t>(highest) + 1 + kHeadroom;
     ::setrlimit(RLIMIT_NOFILE, &lowered);
     for (;;) {
       const int fd = ::fcntl(source_, F_DUPFD_CLOEXEC, 0);
@@ -160,15 +162,18 @@ class FdExhaustion {
     }
   }
 
-  // Closes n fillers: exactly n fds may be opened now.
-  void free(std::size_t n) {
+  // Closes n fillers: exactly n fds may be opened now. False if there were fewer than n.
+  [[nodiscard]] bool free(std::size_t n) {
     for (; n > 0 && !fillers_.empty(); --n) {
       ::close(fillers_.back());
       fillers_.pop_back();
     }
+    return n == 0;
   }
 
  private:
+  static constexpr rlim_t kHeadroom = 8;
+
   rlimit saved_{};
   int source_ = -1;
   std::vector<int> fillers_;
@@ -306,10 +311,10 @@ TEST(Emfile, WaitableEventConstructorThrowsTooManyFilesOpenAndLeaksNothing) {
     FdExhaustion table;
     ASSERT_TRUE(table.full());
     none_free = thrown_by([] { WaitableEvent ev; });
-    table.free(1);  // a pipe needs two: still EMFILE, and the one fd is not leaked
+    ASSERT_TRUE(table.free(1));  // a pipe needs two: still EMFILE, and the one fd is not leaked
     one_free = thrown_by([] { WaitableEvent ev; });
     EXPECT_TRUE(thrown_by([] { WaitableEvent ev; }));
-    table.free(1);
+    ASSERT_TRUE(table.free(1));
     WaitableEvent ev;  // exactly two free: it fits
     ev.set();
     EXPECT_TRUE(readable_now(ev.fileno()));
