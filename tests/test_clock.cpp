@@ -2,6 +2,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 
 #include <atomic>
 #include <chrono>
@@ -14,27 +15,12 @@ using namespace std::chrono_literals;
 using coselect::Scheduler;
 using coselect::Task;
 using coselect::TimeMachine;
+using coselect_test::Pipe;
 
 // Virtual seconds since the system clock's epoch.
 double seconds(Scheduler::time_point t) {
   return std::chrono::duration<double>(t.time_since_epoch()).count();
 }
-
-struct Pipe {
-  int read_end = -1;
-  int write_end = -1;
-  Pipe() {
-    int fds[2];
-    if (::pipe(fds) != 0) throw std::system_error(errno, std::system_category(), "pipe");
-    read_end = fds[0];
-    write_end = fds[1];
-  }
-  ~Pipe() {
-    ::close(read_end);
-    ::close(write_end);
-  }
-  void put() const { ASSERT_EQ(::write(write_end, "x", 1), 1); }
-};
 
 // ---- TimeMachine ------------------------------------------------------------------------------
 

@@ -47,6 +47,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 #include "support/sanitizers.hpp"
 
 namespace {
@@ -62,6 +63,9 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 using coselect_test::kSanitized;
+using coselect_test::LifeCount;
+using coselect_test::Pipe;
+using coselect_test::Tracked;
 
 // How late something may happen (never early): the machine is shared and noisy.
 constexpr std::chrono::milliseconds kLate = kSanitized ? 6000ms : 2000ms;
@@ -118,48 +122,6 @@ class Signal {
   std::mutex mutex_;
   std::condition_variable cv_;
   bool set_ = false;
-};
-
-// Objects alive in coroutine frames.
-struct LifeCount {
-  std::atomic<int> constructed{0};
-  std::atomic<int> destroyed{0};
-  int alive() const { return constructed.load() - destroyed.load(); }
-};
-
-class Tracked {
- public:
-  explicit Tracked(LifeCount& count) : count_(&count) { ++count_->constructed; }
-  Tracked(Tracked&& other) noexcept : count_(other.count_) { ++count_->constructed; }
-  Tracked(const Tracked&) = delete;
-  Tracked& operator=(const Tracked&) = delete;
-  Tracked& operator=(Tracked&&) = delete;
-  ~Tracked() { ++count_->destroyed; }
-
- private:
-  LifeCount* count_;
-};
-
-struct Pipe {
-  int read_end = -1;
-  int write_end = -1;
-  Pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-      throw std::system_error(errno, std::system_category(), "pipe2");
-    }
-    read_end = fds[0];
-    write_end = fds[1];
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  ~Pipe() {
-    if (read_end >= 0) ::close(read_end);
-    if (write_end >= 0) ::close(write_end);
-  }
-  void put(const std::string& data = "x") const {
-    EXPECT_EQ(::write(write_end, data.data(), data.size()), static_cast<ssize_t>(data.size()));
-  }
 };
 
 // ---- observing that a thread is blocked in select() -------------------------------------------

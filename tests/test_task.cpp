@@ -12,22 +12,18 @@
 // Coroutines never use ASSERT_* (it expands to `return`): they record into locals of the test
 // body, which asserts after the coroutine (or the Scheduler driving it) has returned.
 
-#include <fcntl.h>
-#include <unistd.h>
-
-#include <atomic>
 #include <chrono>
 #include <coroutine>
 #include <cstdlib>
 #include <memory>
 #include <stdexcept>
 #include <string>
-#include <system_error>
 #include <utility>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 
 namespace {
 
@@ -39,51 +35,9 @@ using coselect::Scheduler;
 using coselect::Task;
 using coselect::WaitableEvent;
 using namespace std::chrono_literals;
-
-// Counts the objects of one kind that are alive (constructed, not yet destroyed).
-struct LifeCount {
-  int constructed = 0;
-  int destroyed = 0;
-  int alive() const { return constructed - destroyed; }
-};
-
-// A local (or parameter) kept in a coroutine frame: its destructor runs when the frame dies.
-class Tracked {
- public:
-  explicit Tracked(LifeCount& count) : count_(&count) { ++count_->constructed; }
-  Tracked(Tracked&& other) noexcept : count_(other.count_) { ++count_->constructed; }
-  Tracked(const Tracked&) = delete;
-  Tracked& operator=(const Tracked&) = delete;
-  Tracked& operator=(Tracked&&) = delete;
-  ~Tracked() { ++count_->destroyed; }
-
- private:
-  LifeCount* count_;
-};
-
-// A pipe whose read end never becomes readable unless the test writes to it.
-struct Pipe {
-  int read_end = -1;
-  int write_end = -1;
-  Pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-      throw std::system_error(errno, std::system_category(), "pipe2");
-    }
-    read_end = fds[0];
-    write_end = fds[1];
-  }
-  Pipe(const Pipe&) = delete;
-  Pipe& operator=(const Pipe&) = delete;
-  ~Pipe() {
-    ::close(read_end);
-    ::close(write_end);
-  }
-  void put() const {
-    const char byte = 'x';
-    EXPECT_EQ(::write(write_end, &byte, 1), 1);
-  }
-};
+using coselect_test::LifeCount;
+using coselect_test::Pipe;
+using coselect_test::Tracked;
 
 // Resumes a task's frame by hand and returns once it suspends or finishes (for tasks that never
 // really suspend, or that suspend on the running scheduler).
