@@ -66,6 +66,7 @@
 #include <vector>
 
 #include <coselect.hpp>
+#include "../tests/support/thread_probe.hpp"
 
 namespace {
 
@@ -75,6 +76,7 @@ using coselect::TaskHandle;
 using coselect::ThreadPool;
 using coselect::TimeMachine;
 using coselect::WaitableEvent;
+using coselect_test::blocked_syscall;
 using Real = std::chrono::steady_clock;
 using ns = std::chrono::nanoseconds;
 using namespace std::chrono_literals;
@@ -159,19 +161,6 @@ int open_fd_count() {
     ++n;
   ::closedir(dir);
   return n;
-}
-
-// The system call thread `tid` is blocked in (/proc/self/task/<tid>/syscall), -1 while it runs,
-// -2 if /proc cannot tell.
-long blocked_syscall(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return -2;
-  long nr = -1;
-  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
-  std::fclose(f);
-  return nr;
 }
 
 // Known library bugs the harness can be told to tolerate while exploring, so that one known

@@ -47,6 +47,7 @@
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include "support/sanitizers.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -58,6 +59,7 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
+using coselect_test::blocked_syscall;
 using coselect_test::kSanitized;
 
 // ---- process figures -------------------------------------------------------------------------
@@ -108,17 +110,6 @@ double cpu_seconds() {
   ::getrusage(RUSAGE_SELF, &ru);
   auto sec = [](const timeval& tv) { return static_cast<double>(tv.tv_sec) + tv.tv_usec / 1e6; };
   return sec(ru.ru_utime) + sec(ru.ru_stime);
-}
-
-long blocked_syscall(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return -2;
-  long nr = -1;
-  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
-  std::fclose(f);
-  return nr;
 }
 
 double soak_seconds() {
