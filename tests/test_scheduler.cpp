@@ -49,6 +49,7 @@
 #include <coselect.hpp>
 #include "support/fixtures.hpp"
 #include "support/sanitizers.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -62,9 +63,11 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
+using coselect_test::is_select;
 using coselect_test::kSanitized;
 using coselect_test::LifeCount;
 using coselect_test::Pipe;
+using coselect_test::read_task_syscall;
 using coselect_test::Tracked;
 
 // How late something may happen (never early): the machine is shared and noisy.
@@ -126,22 +129,6 @@ class Signal {
 
 // ---- observing that a thread is blocked in select() -------------------------------------------
 
-// /proc/self/task/<tid>/syscall: "<nr> <args...>" while blocked in a system call.
-bool task_syscall(pid_t tid, long& nr) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  char buffer[256];
-  const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
-  ::close(fd);
-  if (n <= 0) return false;
-  buffer[n] = '\0';
-  char* end = nullptr;
-  nr = std::strtol(buffer, &end, 10);
-  return end != buffer;  // "running" otherwise
-}
-
 bool can_observe_syscalls() {
   static const bool ok = [] {
     long nr = 0;
@@ -158,11 +145,7 @@ bool can_observe_syscalls() {
 
 bool in_select(pid_t tid) {
   long nr = -1;
-  if (!task_syscall(tid, nr)) return false;
-#ifdef SYS_select
-  if (nr == SYS_select) return true;
-#endif
-  return nr == SYS_pselect6;
+  return read_task_syscall(tid, nr) && is_select(nr);
 }
 
 // Waits until thread `tid` is blocked in select() (the loop is idle), so that what the caller

@@ -65,6 +65,7 @@
 #include <gtest/gtest.h>
 #include <coselect/waitable_event.hpp>
 #include "support/sanitizers.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -78,6 +79,7 @@ using namespace std::chrono_literals;
 
 constexpr bool kThreadSanitizer = coselect_test::kThreadSanitized;
 using coselect_test::kSanitized;
+using coselect_test::read_task_syscall;
 
 // Sanitized builds run 5-15x slower: stress loops shrink by this factor.
 constexpr int kSlowdown = kSanitized ? 10 : 1;
@@ -175,25 +177,6 @@ std::vector<int> same_pipe_fds(int fd) {
 
 // ---- observing that threads are blocked in wait_blocking() --------------------------------------
 
-// /proc/self/task/<tid>/syscall: "<nr> <arg1> ... <sp> <pc>" while blocked in a system call,
-// "running" otherwise. Readable for our own threads on Linux with CONFIG_HAVE_ARCH_TRACEHOOK.
-bool read_task_syscall(pid_t tid, long& nr, std::uintptr_t& arg1) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
-  char buffer[256];
-  const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
-  ::close(fd);
-  if (n <= 0) return false;
-  buffer[n] = '\0';
-  char* end = nullptr;
-  nr = std::strtol(buffer, &end, 10);
-  if (end == buffer) return false;  // "running"
-  arg1 = static_cast<std::uintptr_t>(std::strtoull(end, nullptr, 16));
-  return true;
-}
-
 bool can_observe_blocking() {
   static const bool ok = [] {
     char path[64];
@@ -214,7 +197,7 @@ bool can_observe_blocking() {
 bool blocked_on(pid_t tid, const WaitableEvent& ev) {
   long nr = -1;
   std::uintptr_t addr = 0;
-  if (!read_task_syscall(tid, nr, addr) || nr != SYS_futex) return false;
+  if (!read_task_syscall(tid, nr, &addr) || nr != SYS_futex) return false;
   const auto begin = reinterpret_cast<std::uintptr_t>(&ev);
   return addr >= begin && addr < begin + sizeof(WaitableEvent);
 }

@@ -2,12 +2,15 @@
 // Tests use it to know that a loop really is asleep in select() before they wake it.
 #pragma once
 
+#include <fcntl.h>
 #include <sys/syscall.h>
 #include <sys/types.h>
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <thread>
 
 namespace coselect_test {
@@ -23,6 +26,27 @@ inline long blocked_syscall(pid_t tid) {
   if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
   std::fclose(f);
   return nr;
+}
+
+// /proc/self/task/<tid>/syscall: "<nr> <arg1> ... <sp> <pc>" while blocked in a system call,
+// "running" otherwise (readable for our own threads on Linux with CONFIG_HAVE_ARCH_TRACEHOOK).
+// True if thread `tid` is blocked in one: its number goes to `nr` and, if `arg1` is given, its
+// first argument to *arg1. False while it runs or if /proc cannot tell.
+inline bool read_task_syscall(pid_t tid, long& nr, std::uintptr_t* arg1 = nullptr) {
+  char path[64];
+  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
+  const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return false;
+  char buffer[256];
+  const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
+  ::close(fd);
+  if (n <= 0) return false;
+  buffer[n] = '\0';
+  char* end = nullptr;
+  nr = std::strtol(buffer, &end, 10);
+  if (end == buffer) return false;  // "running"
+  if (arg1 != nullptr) *arg1 = static_cast<std::uintptr_t>(std::strtoull(end, nullptr, 16));
+  return true;
 }
 
 inline bool is_select(long nr) {
