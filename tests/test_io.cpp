@@ -41,6 +41,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 
 namespace {
 
@@ -54,6 +55,10 @@ using coselect::Scheduler;
 using coselect::Task;
 using coselect::writable;
 using Clock = std::chrono::steady_clock;
+using coselect_test::counted;
+using coselect_test::FrameProbe;
+using coselect_test::run_all;
+using coselect_test::run_all_within;
 
 // How late a real-time wake-up may be on a shared, noisy machine.
 constexpr auto kLate = 2s;
@@ -169,40 +174,6 @@ bool observe_blocked_in_select(pid_t tid, std::chrono::milliseconds limit) {
     std::this_thread::yield();
   }
   return false;
-}
-
-// Counts destroyed coroutine frames: put one in a frame, and its destructor runs with the frame.
-struct FrameProbe {
-  int& destroyed;
-  ~FrameProbe() { ++destroyed; }
-};
-
-Task<void> counted(Task<void> t, std::size_t& left, Scheduler& s) {
-  co_await std::move(t);
-  if (--left == 0) s.stop();
-}
-
-// Spawns `tasks` on `s` (in order) and runs the loop until every one has finished, or until
-// `watchdog` passes on the scheduler's clock (so that a lost wake-up fails fast instead of
-// hanging). Returns how many did not finish: 0 means all did.
-template <std::same_as<Task<void>>... Ts>
-std::size_t run_all_within(Scheduler& s, Scheduler::duration watchdog, Ts... tasks) {
-  std::size_t left = sizeof...(Ts);
-  auto guard = s.tasks().call_later(watchdog, [&s] { s.stop(); });
-  (s.spawn(counted(std::move(tasks), left, s)), ...);
-  try {
-    s.run();
-  } catch (...) {
-    guard.suspend();
-    throw;
-  }
-  guard.suspend();
-  return left;
-}
-
-template <std::same_as<Task<void>>... Ts>
-std::size_t run_all(Scheduler& s, Ts... tasks) {
-  return run_all_within(s, 10s, std::move(tasks)...);
 }
 
 // What a coroutine saw when an awaitable threw.

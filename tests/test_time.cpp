@@ -31,6 +31,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 
 namespace {
 
@@ -45,52 +46,13 @@ using coselect::sleep_until;
 using coselect::Task;
 using coselect::yield_now;
 using Clock = std::chrono::steady_clock;
+using coselect_test::FrameProbe;
+using coselect_test::list;
+using coselect_test::run_all;
+using coselect_test::run_all_within;
 
 // How late a real-time wake-up may be on a shared, noisy machine.
 constexpr auto kLate = 2s;
-
-// Counts destroyed coroutine frames: put one in a frame, and its destructor runs with the frame.
-struct FrameProbe {
-  int& destroyed;
-  ~FrameProbe() { ++destroyed; }
-};
-
-Task<void> counted(Task<void> t, std::size_t& left, Scheduler& s) {
-  co_await std::move(t);
-  if (--left == 0) s.stop();
-}
-
-// Spawns `tasks` on `s` (in order) and runs the loop until every one has finished, or until
-// `watchdog` passes on the scheduler's clock (a lost wake-up then fails fast instead of hanging).
-// Returns how many did not finish: 0 means all did.
-std::size_t run_all_within(Scheduler& s, Scheduler::duration watchdog,
-                           std::vector<Task<void>> tasks) {
-  std::size_t left = tasks.size();
-  if (left == 0) return 0;
-  auto guard = s.tasks().call_later(watchdog, [&s] { s.stop(); });
-  for (Task<void>& t : tasks)
-    s.spawn(counted(std::move(t), left, s));
-  try {
-    s.run();
-  } catch (...) {
-    guard.suspend();
-    throw;
-  }
-  guard.suspend();
-  return left;
-}
-
-template <std::same_as<Task<void>>... Ts>
-std::vector<Task<void>> list(Ts... tasks) {
-  std::vector<Task<void>> v;
-  (v.push_back(std::move(tasks)), ...);
-  return v;
-}
-
-template <std::same_as<Task<void>>... Ts>
-std::size_t run_all(Scheduler& s, Ts... tasks) {
-  return run_all_within(s, 10s, list(std::move(tasks)...));
-}
 
 // =================================================================================================
 // 1. Real clock

@@ -33,6 +33,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fixtures.hpp"
 
 namespace {
 
@@ -45,15 +46,10 @@ using coselect::Scheduler;
 using coselect::sleep_for;
 using coselect::Task;
 using coselect::when_all;
+using coselect_test::FrameProbe;
 
-// Counts destroyed coroutine frames: put one in a frame, and its destructor runs with the frame.
-struct FrameProbe {
-  int& destroyed;
-  ~FrameProbe() { ++destroyed; }
-};
-
-// The same for a frame that may never start: a coroutine's parameters live in its frame from the
-// call on, so a parameter probe counts the frame's destruction even if its body never ran.
+// FrameProbe for a frame that may never start: a coroutine's parameters live in its frame from
+// the call on, so a parameter probe counts the frame's destruction even if its body never ran.
 class ParamProbe {
  public:
   explicit ParamProbe(int& destroyed) : destroyed_(&destroyed) {}

@@ -1,5 +1,6 @@
 // Test support: small objects the tests share — counters of objects alive in coroutine frames,
-// and a pipe that stays silent until the test writes to it.
+// a pipe that stays silent until the test writes to it, and run_all(), which runs a few
+// coroutines on a scheduler to their end under a watchdog.
 #pragma once
 
 #include <fcntl.h>
@@ -7,10 +8,16 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
+#include <concepts>
+#include <cstddef>
 #include <string>
 #include <system_error>
+#include <utility>
+#include <vector>
 
 #include <gtest/gtest.h>
+#include <coselect.hpp>
 
 namespace coselect_test {
 
@@ -20,6 +27,12 @@ struct LifeCount {
   std::atomic<int> constructed{0};
   std::atomic<int> destroyed{0};
   int alive() const { return constructed.load() - destroyed.load(); }
+};
+
+// Counts destroyed coroutine frames: put one in a frame, and its destructor runs with the frame.
+struct FrameProbe {
+  int& destroyed;
+  ~FrameProbe() { ++destroyed; }
 };
 
 // A local (or parameter) kept in a coroutine frame: its destructor runs when the frame dies.
@@ -59,5 +72,50 @@ struct Pipe {
     EXPECT_EQ(::write(write_end, data.data(), data.size()), static_cast<ssize_t>(data.size()));
   }
 };
+
+// Awaits `t`, then stops `s` if it was the last of `left` such tasks to finish.
+inline coselect::Task<void> counted(coselect::Task<void> t, std::size_t& left,
+                                    coselect::Scheduler& s) {
+  co_await std::move(t);
+  if (--left == 0) s.stop();
+}
+
+// Spawns `tasks` on `s` (in order) and runs the loop until every one has finished, or until
+// `watchdog` passes on the scheduler's clock (a lost wake-up then fails fast instead of hanging).
+// Returns how many did not finish: 0 means all did.
+inline std::size_t run_all_within(coselect::Scheduler& s, coselect::Scheduler::duration watchdog,
+                                  std::vector<coselect::Task<void>> tasks) {
+  std::size_t left = tasks.size();
+  if (left == 0) return 0;
+  auto guard = s.tasks().call_later(watchdog, [&s] { s.stop(); });
+  for (coselect::Task<void>& t : tasks)
+    s.spawn(counted(std::move(t), left, s));
+  try {
+    s.run();
+  } catch (...) {
+    guard.suspend();
+    throw;
+  }
+  guard.suspend();
+  return left;
+}
+
+template <std::same_as<coselect::Task<void>>... Ts>
+std::vector<coselect::Task<void>> list(Ts... tasks) {
+  std::vector<coselect::Task<void>> v;
+  (v.push_back(std::move(tasks)), ...);
+  return v;
+}
+
+template <std::same_as<coselect::Task<void>>... Ts>
+std::size_t run_all_within(coselect::Scheduler& s, coselect::Scheduler::duration watchdog,
+                           Ts... tasks) {
+  return run_all_within(s, watchdog, list(std::move(tasks)...));
+}
+
+template <std::same_as<coselect::Task<void>>... Ts>
+std::size_t run_all(coselect::Scheduler& s, Ts... tasks) {
+  return run_all_within(s, std::chrono::seconds(10), std::move(tasks)...);
+}
 
 }  // namespace coselect_test
