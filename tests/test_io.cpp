@@ -29,7 +29,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <memory>
 #include <optional>
 #include <stdexcept>
@@ -42,6 +41,7 @@
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include "support/fixtures.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -59,6 +59,7 @@ using coselect_test::counted;
 using coselect_test::FrameProbe;
 using coselect_test::run_all;
 using coselect_test::run_all_within;
+using coselect_test::wait_until_in_select;
 
 // How late a real-time wake-up may be on a shared, noisy machine.
 constexpr auto kLate = 2s;
@@ -151,29 +152,6 @@ int dup_to(int fd, int target) {
 
 pid_t thread_id() {
   return static_cast<pid_t>(::syscall(SYS_gettid));
-}
-
-// Observes (through /proc) that thread `tid` is blocked in select()/pselect6(). Gives up after
-// `limit` or when /proc cannot tell; callers stay correct either way, the observation only makes
-// sure that the interesting interleaving (a write while the loop sleeps) is the one tested.
-bool observe_blocked_in_select(pid_t tid, std::chrono::milliseconds limit) {
-  const std::string path = "/proc/self/task/" + std::to_string(tid) + "/syscall";
-  const auto deadline = Clock::now() + limit;
-  while (Clock::now() < deadline) {
-    std::ifstream file(path);
-    if (!file) return false;
-    long number = -1;
-    if (file >> number) {
-#ifdef SYS_select
-      if (number == SYS_select) return true;
-#endif
-#ifdef SYS_pselect6
-      if (number == SYS_pselect6) return true;
-#endif
-    }
-    std::this_thread::yield();
-  }
-  return false;
 }
 
 // What a coroutine saw when an awaitable threw.
@@ -276,7 +254,7 @@ TEST(IoReadable, WakesLoopBlockedInSelectWhenAnotherThreadWrites) {
     pid_t tid = 0;
     while ((tid = loop_tid.load(std::memory_order_acquire)) == 0)
       std::this_thread::yield();
-    observed = observe_blocked_in_select(tid, 2s);
+    observed = wait_until_in_select(tid, 2s);
     put_byte(pipe.w(), 't');
   });
   const std::size_t left =
