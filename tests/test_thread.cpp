@@ -328,6 +328,53 @@ TEST(RunInThread, VirtualTimeDoesNotJumpWhileAJobIsInFlight) {
   EXPECT_EQ(sleeper_woke_at_ns, std::chrono::nanoseconds(1h).count());
 }
 
+// Destroying a scheduler while a run_in_thread job of one of its coroutines still runs on a
+// pool thread: the job writes into that coroutine's frame and posts to the scheduler, so the
+// destructor waits for it to end, then destroys the frame without resuming it. (The periodic
+// status example crashed at exit under load before: its last probe outlived the loop.)
+TEST(RunInThread, DestroyingTheSchedulerWaitsForAJobStillRunning) {
+  if (!proc_syscall_readable()) GTEST_SKIP() << "/proc/self/task/<tid>/syscall is not readable";
+  ThreadPool pool(1);
+  coselect::WaitableEvent started, release;
+  std::atomic<bool> job_done{false};
+  bool resumed = false;
+  const pid_t main_tid = static_cast<pid_t>(::gettid());
+  std::atomic<bool> saw_destructor_wait{false};
+  std::thread releaser;
+  auto s = std::make_unique<Scheduler>();
+  // Named lambdas: the coroutines reach the captures through the closures, which must outlive
+  // them.
+  auto waits_for_the_job = [&]() -> Task<void> {
+    co_await coselect::run_in_thread(pool, [&] {
+      started.set();
+      (void)release.wait_blocking(10s);  // bounded: a broken destructor fails, not hangs
+      job_done = true;
+    });
+    resumed = true;
+  };
+  auto stops_the_loop = [&]() -> Task<void> {
+    co_await started.wait();
+    s->stop();
+  };
+  s->spawn(waits_for_the_job());
+  s->spawn(stops_the_loop());
+  s->run();
+  // The job ends only once this thread is blocked (in futex()) inside the destructor.
+  releaser = std::thread([&] {
+    const auto deadline = Clock::now() + 5s;
+    while (Clock::now() < deadline && !saw_destructor_wait) {
+      saw_destructor_wait = blocked_syscall(main_tid) == SYS_futex;
+      std::this_thread::yield();
+    }
+    release.set();
+  });
+  s.reset();
+  EXPECT_TRUE(job_done.load()) << "~Scheduler returned while a job still used its frame";
+  releaser.join();
+  EXPECT_TRUE(saw_destructor_wait.load());
+  EXPECT_FALSE(resumed) << "the coroutine of a destroyed scheduler must not resume";
+}
+
 // =================================================================================================
 // 4. ThreadPool
 // =================================================================================================

@@ -3,6 +3,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <coroutine>
 #include <deque>
 #include <exception>
@@ -45,7 +46,10 @@ struct scheduler_access;
 //  * An exception escaping a spawned task or a TaskManager callback is never swallowed: by
 //    default the running run* stops and rethrows it (set_exception_handler changes that).
 //  * Schedulers share no state. Destroying one destroys the coroutine frames it owns (spawned
-//    tasks, and a run(task) that was stopped before finishing); it must not be running.
+//    tasks, and a run(task) that was stopped before finishing); it must not be running. It
+//    first waits for run_in_thread jobs its coroutines started that are still running on pool
+//    threads (their results are dropped): a job that waits for this loop would never end, so
+//    do not destroy a scheduler from, or while it is needed by, such a job.
 class Scheduler final : private detail::loop_hooks,
                         private detail::task_host,
                         private detail::task_owner {
@@ -60,6 +64,12 @@ class Scheduler final : private detail::loop_hooks,
   Scheduler& operator=(const Scheduler&) = delete;
 
   ~Scheduler() {
+    // Pool threads still running run_in_thread jobs write into frames we own and post to
+    // tasks_: let them finish before anything goes.
+    {
+      std::unique_lock lock(jobs_mutex_);
+      jobs_finished_.wait(lock, [this] { return jobs_running_ == 0; });
+    }
     // Frames first, while every structure their awaiters unlink from is still intact.
     while (owned_head_ != nullptr) {
       detail::task_promise_base* p = owned_head_;
@@ -617,6 +627,10 @@ class Scheduler final : private detail::loop_hooks,
   std::atomic<bool> stop_requested_{false};
   std::atomic<bool> running_{false};
   std::atomic<int> external_work_{0};  // run_in_thread calls in flight (virtual time waits)
+  // run_in_thread jobs that may still touch this scheduler or its frames (the destructor waits)
+  std::mutex jobs_mutex_;
+  std::condition_variable jobs_finished_;
+  int jobs_running_ = 0;
 
   std::deque<std::coroutine_handle<>> ready_;
   detail::timer_heap timers_;
@@ -658,6 +672,16 @@ struct scheduler_access {
   }
   static void end_external_work(Scheduler& s) noexcept {
     s.external_work_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+  // A pool thread begins / ends a job that touches s or its frames. job_ended is the job's
+  // last touch of s: the destructor may run as soon as the lock is released.
+  static void job_started(Scheduler& s) {
+    std::lock_guard lock(s.jobs_mutex_);
+    ++s.jobs_running_;
+  }
+  static void job_ended(Scheduler& s) noexcept {
+    std::lock_guard lock(s.jobs_mutex_);
+    if (--s.jobs_running_ == 0) s.jobs_finished_.notify_all();
   }
 };
 

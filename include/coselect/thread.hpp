@@ -131,9 +131,10 @@ class run_in_thread_awaiter {
   }
 
   void await_suspend(std::coroutine_handle<> h) {
-    // Virtual time must not jump while a thread does real work for this loop; the count drops
-    // in await_resume, on the loop thread, so the worker never touches the scheduler after
-    // handing the coroutine back (the scheduler may be gone by then).
+    // Virtual time must not jump while a thread does real work for this loop: that count drops
+    // in await_resume, on the loop thread. The job count keeps the scheduler (and with it this
+    // frame) alive until the worker's last touch: ~Scheduler waits for it.
+    scheduler_access::job_started(*scheduler_);
     scheduler_access::begin_external_work(*scheduler_);
     try {
       pool_.submit([this, h, loop = scheduler_] {
@@ -147,9 +148,11 @@ class run_in_thread_awaiter {
         } catch (...) {
           result_.template emplace<2>(std::current_exception());
         }
-        loop->tasks().resume(h);  // last touch: `this` and `loop` may be gone afterwards
+        loop->tasks().resume(h);
+        scheduler_access::job_ended(*loop);  // last touch: `this` and `loop` may go now
       });
     } catch (...) {
+      scheduler_access::job_ended(*scheduler_);
       scheduler_access::end_external_work(*scheduler_);
       throw;  // reported to the awaiting coroutine
     }
