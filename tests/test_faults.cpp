@@ -19,7 +19,6 @@
 
 #include <dirent.h>
 #include <fcntl.h>
-#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/ioctl.h>
@@ -47,6 +46,7 @@
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include <coselect/testing.hpp>
+#include "support/fd_probe.hpp"
 
 namespace {
 
@@ -60,6 +60,7 @@ using coselect::Task;
 using coselect::ThreadPool;
 using coselect::TimeMachine;
 using coselect::WaitableEvent;
+using coselect_test::readable_now;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
@@ -72,15 +73,6 @@ int open_fd_count() {
   }
   ::closedir(dir);
   return n - 1;  // the directory's own fd
-}
-
-bool readable_now(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  int r;
-  do {
-    r = ::poll(&p, 1, 0);
-  } while (r < 0 && errno == EINTR);
-  return r == 1 && (p.revents & POLLIN) != 0;
 }
 
 // Runs f, which must throw; returns what it threw (nullptr if nothing). The exception is looked

@@ -64,6 +64,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect/waitable_event.hpp>
+#include "support/fd_probe.hpp"
 #include "support/sanitizers.hpp"
 #include "support/thread_probe.hpp"
 
@@ -80,6 +81,7 @@ using namespace std::chrono_literals;
 constexpr bool kThreadSanitizer = coselect_test::kThreadSanitized;
 using coselect_test::kSanitized;
 using coselect_test::read_task_syscall;
+using coselect_test::readable_now;
 
 // Sanitized builds run 5-15x slower: stress loops shrink by this factor.
 constexpr int kSlowdown = kSanitized ? 10 : 1;
@@ -105,18 +107,6 @@ auto timed(F&& f) {
   const auto start = Clock::now();
   auto result = f();
   return std::pair{result, Clock::now() - start};
-}
-
-// poll(2) with a zero timeout: is fd readable right now?
-bool readable_now(int fd) {
-  pollfd p{fd, POLLIN, 0};
-  int rc;
-  do {
-    rc = ::poll(&p, 1, 0);
-  } while (rc < 0 && errno == EINTR);
-  EXPECT_GE(rc, 0) << std::strerror(errno);
-  EXPECT_EQ(p.revents & (POLLNVAL | POLLERR), 0) << "fd " << fd;
-  return rc == 1 && (p.revents & POLLIN) != 0;
 }
 
 // Bytes waiting in a pipe (FIONREAD), or -1.
