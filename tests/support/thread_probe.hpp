@@ -15,37 +15,33 @@
 
 namespace coselect_test {
 
-// The system call a thread is blocked in (its number), or -1 while it runs, or -2 if /proc
-// cannot tell.
-inline long blocked_syscall(pid_t tid) {
-  char path[64];
-  std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
-  std::FILE* f = std::fopen(path, "r");
-  if (f == nullptr) return -2;
-  long nr = -1;
-  if (std::fscanf(f, "%ld", &nr) != 1) nr = -1;  // "running"
-  std::fclose(f);
-  return nr;
-}
-
-// /proc/self/task/<tid>/syscall: "<nr> <arg1> ... <sp> <pc>" while blocked in a system call,
-// "running" otherwise (readable for our own threads on Linux with CONFIG_HAVE_ARCH_TRACEHOOK).
-// True if thread `tid` is blocked in one: its number goes to `nr` and, if `arg1` is given, its
-// first argument to *arg1. False while it runs or if /proc cannot tell.
-inline bool read_task_syscall(pid_t tid, long& nr, std::uintptr_t* arg1 = nullptr) {
+// The system call thread `tid` is blocked in (its number), -1 while it runs, -2 if /proc cannot
+// tell. /proc/self/task/<tid>/syscall reads "<nr> <arg1> ... <sp> <pc>" while the thread is
+// blocked in a system call, "running" otherwise (for our own threads, on Linux with
+// CONFIG_HAVE_ARCH_TRACEHOOK). If `arg1` is given, the call's first argument goes there.
+inline long blocked_syscall(pid_t tid, std::uintptr_t* arg1 = nullptr) {
   char path[64];
   std::snprintf(path, sizeof path, "/proc/self/task/%d/syscall", static_cast<int>(tid));
   const int fd = ::open(path, O_RDONLY | O_CLOEXEC);
-  if (fd < 0) return false;
+  if (fd < 0) return -2;
   char buffer[256];
   const ssize_t n = ::read(fd, buffer, sizeof buffer - 1);
   ::close(fd);
-  if (n <= 0) return false;
+  if (n <= 0) return -1;  // as if running: nothing to read
   buffer[n] = '\0';
   char* end = nullptr;
-  nr = std::strtol(buffer, &end, 10);
-  if (end == buffer) return false;  // "running"
+  const long nr = std::strtol(buffer, &end, 10);
+  if (end == buffer) return -1;  // "running"
   if (arg1 != nullptr) *arg1 = static_cast<std::uintptr_t>(std::strtoull(end, nullptr, 16));
+  return nr;
+}
+
+// True if thread `tid` is blocked in a system call: its number goes to `nr` (and its first
+// argument to *arg1, if given). False while it runs or if /proc cannot tell.
+inline bool read_task_syscall(pid_t tid, long& nr, std::uintptr_t* arg1 = nullptr) {
+  const long found = blocked_syscall(tid, arg1);
+  if (found < 0) return false;
+  nr = found;
   return true;
 }
 
