@@ -45,7 +45,6 @@ using coselect::Task;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-using coselect_test::blocked_syscall;
 using coselect_test::is_select;
 using coselect_test::proc_syscall_readable;
 using coselect_test::wait_until_in_select;

@@ -59,7 +59,7 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-using coselect_test::blocked_syscall;
+using coselect_test::blocked_in_futex_on;
 using coselect_test::kSanitized;
 
 // ---- process figures -------------------------------------------------------------------------
@@ -464,13 +464,14 @@ struct Soak {
     }
   }
 
-  // True once thread w is blocked in futex() inside its wait for `round` (between arming and
-  // returning it makes no other system call).
+  // True once thread w is blocked in futex() on the pulse event's own word inside its wait for
+  // `round`. The word matters: under TSan a thread still on its way into wait_blocking() can be
+  // blocked in futex() on a runtime mutex, and pulsing then is no lost wake-up (CI saw that).
   bool blocked_in_wait(int w, std::uint64_t round) {
     if (armed[w].load(std::memory_order_acquire) != round) return false;
     const pid_t tid = waiter_tids[w].load(std::memory_order_acquire);
-    const long nr = blocked_syscall(tid);
-    return nr == SYS_futex && armed[w].load(std::memory_order_acquire) == round;
+    return blocked_in_futex_on(tid, pulse_event) &&
+           armed[w].load(std::memory_order_acquire) == round;
   }
 
   void pulser() {

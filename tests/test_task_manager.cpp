@@ -88,7 +88,6 @@ TaskHandle backstop(Scheduler& s, bool& fired, Clock::duration limit = 20s) {
   });
 }
 
-using coselect_test::blocked_syscall;
 using coselect_test::is_select;
 using coselect_test::proc_syscall_readable;
 using coselect_test::wait_until_in_select;

@@ -70,7 +70,7 @@ class TimedBarrier {
   int arrived_ = 0;
 };
 
-using coselect_test::blocked_syscall;
+using coselect_test::blocked_in_futex_on;
 using coselect_test::is_select;
 using coselect_test::proc_syscall_readable;
 using coselect_test::wait_until_in_select;
@@ -359,11 +359,13 @@ TEST(RunInThread, DestroyingTheSchedulerWaitsForAJobStillRunning) {
   s->spawn(waits_for_the_job());
   s->spawn(stops_the_loop());
   s->run();
-  // The job ends only once this thread is blocked (in futex()) inside the destructor.
+  // The job ends only once this thread is blocked inside the destructor, in futex() on a word of
+  // the scheduler's own (its condition variable), not on some runtime lock on the way there.
+  const Scheduler* destroyed = s.get();
   releaser = std::thread([&] {
     const auto deadline = Clock::now() + 5s;
     while (Clock::now() < deadline && !saw_destructor_wait) {
-      saw_destructor_wait = blocked_syscall(main_tid) == SYS_futex;
+      saw_destructor_wait = blocked_in_futex_on(main_tid, *destroyed);
       std::this_thread::yield();
     }
     release.set();

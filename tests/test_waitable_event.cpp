@@ -79,8 +79,8 @@ using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
 constexpr bool kThreadSanitizer = coselect_test::kThreadSanitized;
+using coselect_test::blocked_in_futex_on;
 using coselect_test::kSanitized;
-using coselect_test::read_task_syscall;
 using coselect_test::readable_now;
 
 // Sanitized builds run 5-15x slower: stress loops shrink by this factor.
@@ -185,11 +185,7 @@ bool can_observe_blocking() {
 // waiter with the same CAS that checks the flag, before it sleeps: such a thread is released by
 // any later set().
 bool blocked_on(pid_t tid, const WaitableEvent& ev) {
-  long nr = -1;
-  std::uintptr_t addr = 0;
-  if (!read_task_syscall(tid, nr, &addr) || nr != SYS_futex) return false;
-  const auto begin = reinterpret_cast<std::uintptr_t>(&ev);
-  return addr >= begin && addr < begin + sizeof(WaitableEvent);
+  return blocked_in_futex_on(tid, ev);
 }
 
 // Spins (yielding) until every thread in tids is blocked on ev. Returns true if observed; false

@@ -45,6 +45,18 @@ inline bool read_task_syscall(pid_t tid, long& nr, std::uintptr_t* arg1 = nullpt
   return true;
 }
 
+// True if thread `tid` is blocked in futex() on a word that lies inside `object`: a wait of that
+// object's own. A thread on its way into such a wait may block in futex() elsewhere first (the
+// ThreadSanitizer runtime does, on its own mutexes, around atomic operations under contention);
+// the call number alone would count it as waiting before it has registered.
+template <class T>
+bool blocked_in_futex_on(pid_t tid, const T& object) {
+  std::uintptr_t word = 0;
+  if (blocked_syscall(tid, &word) != SYS_futex) return false;
+  const auto begin = reinterpret_cast<std::uintptr_t>(&object);
+  return word >= begin && word < begin + sizeof(T);
+}
+
 inline bool is_select(long nr) {
 #ifdef SYS_select
   if (nr == SYS_select) return true;
