@@ -181,16 +181,11 @@ bool can_observe_blocking() {
   return ok;
 }
 
-// Is thread `tid` inside futex() on a word that lies inside `ev`? wait_blocking() registers as a
-// waiter with the same CAS that checks the flag, before it sleeps: such a thread is released by
-// any later set().
-bool blocked_on(pid_t tid, const WaitableEvent& ev) {
-  return blocked_in_futex_on(tid, ev);
-}
-
-// Spins (yielding) until every thread in tids is blocked on ev. Returns true if observed; false
-// if /proc cannot tell (after a short sleep that only makes blocking likely) or, with a test
-// failure, if they did not block within a long deadline.
+// Spins (yielding) until every thread in tids is blocked on ev: in futex() on a word inside it.
+// wait_blocking() registers as a waiter with the same CAS that checks the flag, before it sleeps:
+// such a thread is released by any later set(). Returns true if observed; false if /proc cannot
+// tell (after a short sleep that only makes blocking likely) or, with a test failure, if they did
+// not block within a long deadline.
 //
 // `returned`, if given, counts waiters that have already returned: then they cannot all block, and
 // await_blocked gives up at once (false, no failure) and leaves the verdict to the caller.
@@ -202,7 +197,8 @@ bool await_blocked(std::span<const pid_t> tids, const WaitableEvent& ev,
   }
   const auto deadline = Clock::now() + kGenerousTimeout;
   for (;;) {
-    if (std::all_of(tids.begin(), tids.end(), [&](pid_t t) { return blocked_on(t, ev); })) {
+    if (std::all_of(tids.begin(), tids.end(),
+                    [&](pid_t t) { return blocked_in_futex_on(t, ev); })) {
       return true;
     }
     if (returned != nullptr && returned->load() > 0) return false;
