@@ -2,10 +2,12 @@
 //
 // The one header users include. Layers, lowest first (no header includes a higher one):
 //   detail/syscall, detail/wait_node  ->  waitable_event  ->  task  ->  clock, detail/timer_heap,
-//   detail/reactor_select, dispatcher  ->  task_manager  ->  scheduler  ->  time, io, thread,
+//   backend, dispatcher, detail/reactor (+ reactor_select, _poll, _epoll)  ->  task_manager  ->
+//   scheduler  ->  time, io, thread,
 //   when_all, signal, testing (not included here: it needs GoogleTest)  ->  coselect.hpp
 #pragma once
 
+#include "coselect/backend.hpp"
 #include "coselect/bacpypes.hpp"
 #include "coselect/clock.hpp"
 #include "coselect/dispatcher.hpp"

@@ -63,7 +63,7 @@ using coselect::WaitableEvent;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-using coselect_test::is_select;
+using coselect_test::is_reactor_wait;
 using coselect_test::kSanitized;
 using coselect_test::LifeCount;
 using coselect_test::Pipe;
@@ -143,23 +143,23 @@ bool can_observe_syscalls() {
   return ok;
 }
 
-bool in_select(pid_t tid) {
+bool in_reactor(pid_t tid) {
   long nr = -1;
-  return read_task_syscall(tid, nr) && is_select(nr);
+  return read_task_syscall(tid, nr) && is_reactor_wait(nr);
 }
 
 // Waits until thread `tid` is blocked in select() (the loop is idle), so that what the caller
 // does next has to wake it. Without /proc, sleeps a little: the callers are correct without the
 // observation, it only makes the interesting interleaving likely.
-void await_in_select(pid_t tid) {
+void await_in_reactor(pid_t tid) {
   if (!can_observe_syscalls()) {
     std::this_thread::sleep_for(50ms);
     return;
   }
   const auto deadline = Clock::now() + kGiveUp;
-  while (!in_select(tid)) {
+  while (!in_reactor(tid)) {
     if (Clock::now() > deadline) {
-      ADD_FAILURE() << "thread " << tid << " never blocked in select()";
+      ADD_FAILURE() << "thread " << tid << " never blocked in its backend's wait";
       return;
     }
     std::this_thread::sleep_for(1ms);  // polling an observation, not synchronising
@@ -375,7 +375,7 @@ void check_stop_from_thread_wakes_blocked_loop(const std::function<void(Schedule
   const pid_t loop_tid = current_tid();
   std::atomic<Clock::rep> stopped_at{0};
   std::thread stopper([&] {
-    await_in_select(loop_tid);
+    await_in_reactor(loop_tid);
     stopped_at.store(Clock::now().time_since_epoch().count());
     s.stop();
   });
@@ -705,7 +705,7 @@ TEST(SchedulerSpawn, FromAnotherThreadWakesABlockedLoop) {
   pid_t where = 0;
   const pid_t loop_tid = current_tid();
   std::thread spawner([&] {
-    await_in_select(loop_tid);
+    await_in_reactor(loop_tid);
     s.spawn(record_thread_and_stop(s, where));
   });
   Deadman deadman(s, 30s);
@@ -1242,7 +1242,7 @@ TEST(SchedulerNoLoop, AwaitablesThrowLogicErrorWhenTheSchedulerIsNotRunning) {
 TEST(SchedulerNoLoop, AwaitablesThrowLogicErrorOnAThreadWithoutTheRunningLoop) {
   Scheduler s;
   LoopThread loop(s);  // runs on another thread
-  await_in_select(loop.tid());
+  await_in_reactor(loop.tid());
   expect_logic_error_everywhere("(the loop runs on another thread)");
 }
 
@@ -1468,7 +1468,7 @@ TEST(SchedulerDispatcher, HandleReadWhenDataArrivesFromAnotherThread) {
   s.add_dispatcher(r);
   const pid_t loop_tid = current_tid();
   std::thread writer([&] {
-    await_in_select(loop_tid);
+    await_in_reactor(loop_tid);
     p.put("hello");
   });
   Deadman deadman(s, 30s);
@@ -1582,7 +1582,7 @@ TEST(SchedulerDispatcher, ClosedFdLeadsToHandleCloseAndRemovalWithoutKillingTheL
 
 TEST(SchedulerDispatcher, BadFdsAreRejectedByAddDispatcher) {
   Scheduler s;
-  for (int fd : {-1, -100, FD_SETSIZE, FD_SETSIZE + 7}) {
+  for (int fd : {-1, -100}) {
     PipeReader r(s, fd, PipeReader::none);
     try {
       s.add_dispatcher(r);

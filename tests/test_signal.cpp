@@ -45,9 +45,9 @@ using coselect::Task;
 using Clock = std::chrono::steady_clock;
 using namespace std::chrono_literals;
 
-using coselect_test::is_select;
+using coselect_test::is_reactor_wait;
 using coselect_test::proc_syscall_readable;
-using coselect_test::wait_until_in_select;
+using coselect_test::wait_until_in_reactor;
 
 bool fd_readable(int fd) {
   pollfd p{fd, POLLIN, 0};
@@ -331,7 +331,7 @@ void expect_blocked_loop_woken(Send send) {
   const pthread_t loop_thread = ::pthread_self();
   std::atomic<bool> saw_asleep{false};
   std::thread sender([&] {
-    saw_asleep = wait_until_in_select(loop_tid);
+    saw_asleep = wait_until_in_reactor(loop_tid);
     send(loop_thread);
   });
   const auto start = Clock::now();

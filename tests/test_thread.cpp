@@ -71,9 +71,9 @@ class TimedBarrier {
 };
 
 using coselect_test::blocked_in_futex_on;
-using coselect_test::is_select;
+using coselect_test::is_reactor_wait;
 using coselect_test::proc_syscall_readable;
-using coselect_test::wait_until_in_select;
+using coselect_test::wait_until_in_reactor;
 
 // The calling thread's id, read so that the compiler cannot reuse a value from before a
 // co_await: clang treats pthread_self() (behind std::this_thread::get_id()) as a pure function
@@ -308,7 +308,7 @@ TEST(RunInThread, VirtualTimeDoesNotJumpWhileAJobIsInFlight) {
     // The job finishes only once the loop has gone idle (asleep in select()). If the loop
     // jumped virtual time instead of waiting for the job, the sleeper would wake first.
     const int v = co_await coselect::run_in_thread([&] {
-      saw_loop_asleep = wait_until_in_select(loop_tid);
+      saw_loop_asleep = wait_until_in_reactor(loop_tid);
       job_done = true;
       return 3;
     });

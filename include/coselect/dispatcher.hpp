@@ -4,7 +4,7 @@
 namespace coselect {
 
 namespace detail {
-class select_reactor;
+class reactor;
 }
 
 // Dispatcher — a callback-style object a Scheduler watches (Scheduler::add_dispatcher).
@@ -12,7 +12,7 @@ class select_reactor;
 // Each loop iteration asks readable()/writable() to build its fd sets and calls handle_read()
 // / handle_write() when select() reports the fd ready; handle_close() when the fd turns out to
 // be closed (the dispatcher is then removed). All calls happen on the loop thread. An exception
-// from a handler follows the scheduler's failure policy. The fd must be < FD_SETSIZE.
+// from a handler follows the scheduler's failure policy. Any open fd will do (no fd cap).
 class Dispatcher {
  public:
   virtual ~Dispatcher() = default;
@@ -25,7 +25,7 @@ class Dispatcher {
   virtual void handle_close() {}
 
  private:
-  friend class detail::select_reactor;
+  friend class detail::reactor;
   bool registered_ = false;
 };
 

@@ -1,13 +1,13 @@
 // Awaitables for fd readiness: readable(fd), writable(fd), with and without timeout.
 #pragma once
 
-#include <sys/select.h>
+#include <poll.h>
 
 #include <chrono>
 #include <coroutine>
 #include <system_error>
 
-#include "detail/reactor_select.hpp"
+#include "detail/reactor.hpp"
 #include "detail/syscall.hpp"
 #include "scheduler.hpp"
 
@@ -15,9 +15,10 @@ namespace coselect {
 
 namespace detail {
 
-// Suspends until select() reports the fd ready (or the timeout passes). Bad fds (negative,
-// >= FD_SETSIZE, closed — also closed while waiting) throw std::system_error in the awaiting
-// coroutine; the loop keeps running.
+// Suspends until the loop's backend reports the fd ready (or the timeout passes). Any open fd
+// will do. Bad fds (negative: EINVAL; closed: EBADF, also closed while waiting, except under
+// epoll, where that is not allowed) throw std::system_error in the awaiting coroutine, and
+// Scheduler::cancel_io(fd) makes it throw operation_canceled; the loop keeps running.
 class fd_awaiter {
  public:
   fd_awaiter(int fd, bool for_write, std::optional<std::chrono::nanoseconds> timeout) noexcept
@@ -34,7 +35,7 @@ class fd_awaiter {
 
   bool await_ready() {
     scheduler_ = &scheduler_access::current_or_throw(node_.for_write ? "writable()" : "readable()");
-    check_selectable_fd(node_.fd);
+    check_fd(node_.fd);
     if (timeout_ && timeout_->count() <= 0) {  // a poll: answer now
       node_.outcome = poll_now() ? wait_outcome::released : wait_outcome::timed_out;
       return true;
@@ -60,6 +61,10 @@ class fd_awaiter {
   }
 
   bool await_resume() const {
+    if (node_.outcome == wait_outcome::canceled) {
+      throw std::system_error(std::make_error_code(std::errc::operation_canceled),
+                              "coselect: Scheduler::cancel_io() on the awaited fd");
+    }
     if (node_.outcome == wait_outcome::failed) {
       throw std::system_error(node_.error, std::system_category(),
                               "coselect: fd closed while a coroutine waited on it");
@@ -74,15 +79,12 @@ class fd_awaiter {
 
   bool poll_now() const { return ready_now(node_.fd, node_.for_write); }
 
-  // One select() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
-  // reported by the loop's own select()).
+  // One poll() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
+  // reported by the loop's own wait).
   static bool ready_now(int fd, bool for_write) noexcept {
-    fd_set set;
-    FD_ZERO(&set);
-    FD_SET(fd, &set);
-    timeval zero{};
-    return (for_write ? ::select(fd + 1, nullptr, &set, nullptr, &zero)
-                      : ::select(fd + 1, &set, nullptr, nullptr, &zero)) > 0;
+    pollfd p{fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
+    return poll_for(&p, 1, std::chrono::nanoseconds::zero()) > 0 &&
+           (p.revents & (for_write ? poll_writable : poll_readable)) != 0;
   }
 
   std::optional<std::chrono::nanoseconds> timeout_;

@@ -1,4 +1,5 @@
-// coselect::Scheduler: the select()-driven loop (BACpypes' core.run(), without SPIN).
+// coselect::Scheduler: the event loop (BACpypes' core.run(), without SPIN), on select() by default
+// and on poll() or epoll when a program grows (backend.hpp).
 #pragma once
 
 #include <atomic>
@@ -17,8 +18,9 @@
 #include <utility>
 #include <vector>
 
+#include "backend.hpp"
 #include "clock.hpp"
-#include "detail/reactor_select.hpp"
+#include "detail/reactors.hpp"
 #include "detail/timer_heap.hpp"
 #include "detail/wait_node.hpp"
 #include "dispatcher.hpp"
@@ -39,9 +41,10 @@ struct scheduler_access;
 //  * One thread at a time calls the run* family; every other member may be called from any
 //    thread (stop() also from a signal handler). Calls made while nothing runs are queued.
 //  * One iteration: resume the coroutines that were ready when it began (FIFO), take work
-//    other threads posted, release event waiters, fire due timers and tasks, then select() on
-//    the fds that have waiters — blocking until the next deadline only when nothing is ready.
-//    Idle means blocked in select(): no spinning, no polling interval.
+//    other threads posted, release event waiters, fire due timers and tasks, then wait in the
+//    backend (select() by default, see backend.hpp) for the fds that have waiters — blocking
+//    until the next deadline only when nothing is ready. Idle means blocked there: no
+//    spinning, no polling interval, whatever the number of fds open.
 //  * Other threads wake a blocked loop through the loop's own WaitableEvent.
 //  * An exception escaping a spawned task or a TaskManager callback is never swallowed: by
 //    default the running run* stops and rethrows it (set_exception_handler changes that).
@@ -52,14 +55,19 @@ struct scheduler_access;
 //    do not destroy a scheduler from, or while it is needed by, such a job.
 class Scheduler final : private detail::loop_hooks,
                         private detail::task_host,
-                        private detail::task_owner {
+                        private detail::task_owner,
+                        private detail::reactor_sink {
  public:
   using clock = std::chrono::steady_clock;
   using time_point = clock::time_point;
   using duration = clock::duration;
 
-  Scheduler() : Scheduler(nullptr) {}
-  explicit Scheduler(TimeMachine& machine) : Scheduler(&machine) {}
+  Scheduler() : Scheduler(nullptr, detail::default_backend.load()) {}
+  // Throws std::invalid_argument for a backend this platform lacks (backend_available()), and
+  // std::system_error if the backend's resources cannot be had (EMFILE).
+  explicit Scheduler(Backend backend) : Scheduler(nullptr, backend) {}
+  explicit Scheduler(TimeMachine& machine) : Scheduler(&machine, detail::default_backend.load()) {}
+  Scheduler(TimeMachine& machine, Backend backend) : Scheduler(&machine, backend) {}
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
@@ -93,7 +101,7 @@ class Scheduler final : private detail::loop_hooks,
     }
     while (timers_.pop() != nullptr) {
     }
-    reactor_.forget_all();
+    reactor_->forget_all();
     ready_.clear();
   }
 
@@ -181,13 +189,29 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   // Asyncore-style callback objects (see Dispatcher). Loop thread, or while nothing runs.
-  void add_dispatcher(Dispatcher& d) { reactor_.add_dispatcher(d); }
-  void remove_dispatcher(Dispatcher& d) noexcept { reactor_.remove_dispatcher(d); }
+  void add_dispatcher(Dispatcher& d) { reactor_->add_dispatcher(d); }
+  void remove_dispatcher(Dispatcher& d) noexcept { reactor_->remove_dispatcher(d); }
+
+  Backend backend() const noexcept { return reactor_->backend(); }
+
+  // Every coroutine of this scheduler waiting on `fd` (readable/writable, timed or not) resumes
+  // with std::system_error(errc::operation_canceled), oldest first; an fd nobody waits on is
+  // left alone. Under epoll, call it before closing an fd that coroutines still wait on. Loop
+  // thread, or while nothing runs (else std::logic_error).
+  void cancel_io(int fd) {
+    if (running_.load(std::memory_order_acquire) && !on_loop_thread()) {
+      throw std::logic_error("coselect::Scheduler::cancel_io: call it on the loop thread");
+    }
+    reactor_->finish_all(fd, detail::wait_outcome::canceled, 0, *this);
+  }
 
  private:
   friend struct detail::scheduler_access;
 
-  explicit Scheduler(TimeMachine* machine) : clock_(machine), tasks_(*this) {}
+  Scheduler(TimeMachine* machine, Backend backend)
+      : clock_(machine), tasks_(*this), reactor_(detail::make_reactor(backend)) {
+    reactor_->pin(detail::event_access::read_fd(wake_));
+  }
 
   // ---- the run loop ---------------------------------------------------------------------
 
@@ -309,7 +333,7 @@ class Scheduler final : private detail::loop_hooks,
         if (external_work_.load(std::memory_order_acquire) == 0) {
           // Virtual time: look at the fds without blocking; if nothing stirs, jump to the
           // next deadline.
-          select_round(std::chrono::nanoseconds::zero());
+          io_round(std::chrono::nanoseconds::zero());
           if (!ready_.empty() || wake_.is_set()) return;
           if (due) {
             clock_.machine()->advance_to(*due);
@@ -327,16 +351,16 @@ class Scheduler final : private detail::loop_hooks,
         timeout.reset();
       }
     }
-    if (timeout && timeout->count() == 0 && !reactor_.has_interest()) return;
-    select_round(timeout);
+    if (timeout && timeout->count() == 0 && !reactor_->has_interest()) return;
+    io_round(timeout);
   }
 
-  // One select() over the fd waiters, plus, when it may block, the pipes of the events this
-  // loop has waiters on and its own wake-up event.
-  void select_round(std::optional<std::chrono::nanoseconds> timeout) {
+  // One wait in the backend for the fd waiters, plus, when it may block, the pipes of the events
+  // this loop has waiters on and its own wake-up event.
+  void io_round(std::optional<std::chrono::nanoseconds> timeout) {
     extra_fds_.clear();
     bool blocking = !timeout || timeout->count() > 0;
-    if (!blocking && !reactor_.has_interest()) {
+    if (!blocking && !reactor_->has_interest()) {
       scan_events();
       return;
     }
@@ -351,14 +375,7 @@ class Scheduler final : private detail::loop_hooks,
         ~leave_guard() { self.leave_event_selects(); }
       } guard{*this};
       ready_before = ready_.size();
-      dispatched = reactor_.poll(
-          timeout, extra_fds_,
-          [this](detail::fd_waiter& w) {
-            if (w.armed()) timers_.remove(w);
-            ready_.push_back(w.handle);
-            activity_ = true;
-          },
-          [this](std::exception_ptr e) { report_failure(e); });
+      dispatched = reactor_->wait(timeout, extra_fds_, *this);
     }
     scan_events();
     if (blocking && !dispatched && ready_.size() == ready_before && !wake_.is_set()) {
@@ -380,23 +397,15 @@ class Scheduler final : private detail::loop_hooks,
     };
     if (!detail::event_access::enter_select(wake_, wake_generation_)) return fallback_to_poll();
     wake_in_select_ = true;
-    watch_event_fd(detail::event_access::read_fd(wake_), timeout);
+    extra_fds_.push_back(detail::event_access::read_fd(wake_));
     for (detail::event_watch* w = watched_head_; w != nullptr; w = w->next) {
       if (!detail::event_access::enter_select(*w->event, w->head->generation)) {
         return fallback_to_poll();
       }
       w->in_select = true;
-      watch_event_fd(detail::event_access::read_fd(*w->event), timeout);
+      extra_fds_.push_back(detail::event_access::read_fd(*w->event));
     }
     return true;
-  }
-
-  void watch_event_fd(int fd, std::optional<std::chrono::nanoseconds>& timeout) {
-    if (fd < FD_SETSIZE) {
-      extra_fds_.push_back(fd);
-    } else if (!timeout || *timeout > std::chrono::milliseconds(10)) {
-      timeout = std::chrono::milliseconds(10);  // select() cannot watch it: nap instead
-    }
   }
 
   // Drops this loop's select registration on the wake-up event and every watched event.
@@ -536,6 +545,15 @@ class Scheduler final : private detail::loop_hooks,
     }
   }
 
+  // ---- reactor_sink -----------------------------------------------------------------------
+
+  void fd_ready(detail::fd_waiter& w) noexcept override {
+    if (w.armed()) timers_.remove(w);
+    ready_.push_back(w.handle);
+    activity_ = true;
+  }
+  void dispatch_failed(std::exception_ptr e) noexcept override { report_failure(e); }
+
   // ---- task_host --------------------------------------------------------------------------
 
   bool on_loop_thread() const noexcept override {
@@ -634,7 +652,7 @@ class Scheduler final : private detail::loop_hooks,
 
   std::deque<std::coroutine_handle<>> ready_;
   detail::timer_heap timers_;
-  detail::select_reactor reactor_;
+  std::unique_ptr<detail::reactor> reactor_;
   std::vector<int> extra_fds_;
 
   detail::event_watch* watched_head_ = nullptr;
@@ -666,7 +684,7 @@ struct scheduler_access {
   static void make_ready(Scheduler& s, std::coroutine_handle<> h) { s.ready_.push_back(h); }
   static void add_timer(Scheduler& s, timer_node& t) { s.timers_.push(t); }
   static void remove_timer(Scheduler& s, timer_node& t) noexcept { s.timers_.remove(t); }
-  static select_reactor& reactor(Scheduler& s) noexcept { return s.reactor_; }
+  static detail::reactor& reactor(Scheduler& s) noexcept { return *s.reactor_; }
   static void begin_external_work(Scheduler& s) noexcept {
     s.external_work_.fetch_add(1, std::memory_order_acq_rel);
   }

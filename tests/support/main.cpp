@@ -9,16 +9,23 @@
 //
 // Deadline: COSELECT_TEST_TIMEOUT_SECONDS (default 60; 0 turns the guard off), multiplied by 3
 // when built with AddressSanitizer or ThreadSanitizer, which make everything slower.
+//
+// Backend: COSELECT_TEST_BACKEND=select|poll|epoll makes every Scheduler that a test builds
+// without naming a backend use that one, so that CI runs the whole suite once per backend.
 
 #include <gtest/gtest.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <condition_variable>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <string>
 #include <thread>
+
+#include <coselect/backend.hpp>
+#include <coselect/detail/reactors.hpp>
 #include "sanitizers.hpp"
 
 namespace {
@@ -97,6 +104,19 @@ class HangGuard : public testing::EmptyTestEventListener {
   bool stopping_ = false;
 };
 
+// Applies COSELECT_TEST_BACKEND; an unknown or unavailable name is an error, not a silent select.
+bool choose_backend() {
+  const char* env = std::getenv("COSELECT_TEST_BACKEND");
+  if (env == nullptr || *env == '\0') return true;
+  const auto backend = coselect::backend_from_string(env);
+  if (!backend || !coselect::backend_available(*backend)) {
+    std::fprintf(stderr, "COSELECT_TEST_BACKEND=%s: not a backend of this platform\n", env);
+    return false;
+  }
+  coselect::detail::default_backend.store(*backend);
+  return true;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -104,6 +124,7 @@ int main(int argc, char** argv) {
   // --gtest_death_test_style=fast still overrides this.
   GTEST_FLAG_SET(death_test_style, "threadsafe");
   testing::InitGoogleTest(&argc, argv);
+  if (!choose_backend()) return 2;
   if (const long seconds = timeout_seconds(); seconds > 0) {
     // Owned (and deleted) by GoogleTest.
     testing::UnitTest::GetInstance()->listeners().Append(new HangGuard(seconds));

@@ -1,5 +1,6 @@
 // Test support: what another thread is doing, read from /proc — observed, never slept on.
-// Tests use it to know that a loop really is asleep in select() before they wake it.
+// Tests use it to know that a loop really is asleep in its backend's wait (select(), poll() or
+// epoll_wait(), see coselect::Backend) before they wake it.
 #pragma once
 
 #include <fcntl.h>
@@ -57,22 +58,32 @@ bool blocked_in_futex_on(pid_t tid, const T& object) {
   return word >= begin && word < begin + sizeof(T);
 }
 
-inline bool is_select(long nr) {
+// Is `nr` the system call a Scheduler sleeps in, on any backend?
+inline bool is_reactor_wait(long nr) {
 #ifdef SYS_select
   if (nr == SYS_select) return true;
 #endif
-  return nr == SYS_pselect6;
+#ifdef SYS_poll
+  if (nr == SYS_poll) return true;
+#endif
+#ifdef SYS_epoll_wait
+  if (nr == SYS_epoll_wait) return true;
+#endif
+#ifdef SYS_epoll_pwait2
+  if (nr == SYS_epoll_pwait2) return true;
+#endif
+  return nr == SYS_pselect6 || nr == SYS_ppoll || nr == SYS_epoll_pwait;
 }
 
-// Waits (observing, not sleeping) until thread `tid` is blocked in select(). False if that was
-// not seen within `limit` or /proc cannot tell.
-inline bool wait_until_in_select(
+// Waits (observing, not sleeping) until thread `tid` is blocked in its loop's wait. False if
+// that was not seen within `limit` or /proc cannot tell.
+inline bool wait_until_in_reactor(
     pid_t tid, std::chrono::steady_clock::duration limit = std::chrono::seconds(5)) {
   const auto deadline = std::chrono::steady_clock::now() + limit;
   while (std::chrono::steady_clock::now() < deadline) {
     const long nr = blocked_syscall(tid);
     if (nr == -2) return false;
-    if (is_select(nr)) return true;
+    if (is_reactor_wait(nr)) return true;
     std::this_thread::yield();
   }
   return false;

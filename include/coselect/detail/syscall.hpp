@@ -6,14 +6,17 @@
 #pragma once
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/select.h>
 #include <time.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <system_error>
 
 #if defined(__linux__)
@@ -77,11 +80,11 @@ inline bool fd_is_open(int fd) noexcept {
   return ::fcntl(fd, F_GETFD) != -1 || errno != EBADF;
 }
 
-// Checks an fd before it goes into an fd_set: FD_SET beyond FD_SETSIZE writes out of bounds.
-inline void check_selectable_fd(int fd) {
-  if (fd < 0 || fd >= FD_SETSIZE) {
-    throw std::system_error(EINVAL, std::system_category(),
-                            "coselect: fd is negative or >= FD_SETSIZE, select() cannot watch it");
+// Checks an fd before a coroutine waits on it: any open descriptor will do (no backend has an
+// fd cap); a negative one is EINVAL, a closed one EBADF.
+inline void check_fd(int fd) {
+  if (fd < 0) {
+    throw std::system_error(EINVAL, std::system_category(), "coselect: fd is negative");
   }
   if (!fd_is_open(fd)) {
     throw std::system_error(EBADF, std::system_category(), "coselect: fd is not open");
@@ -146,6 +149,25 @@ inline timeval to_select_timeout(std::chrono::nanoseconds d) noexcept {
   tv.tv_sec = static_cast<time_t>(us / 1'000'000);
   tv.tv_usec = static_cast<suseconds_t>(us % 1'000'000);
   return tv;
+}
+
+// poll() with a nanosecond timeout (nullopt: none), capped at a day like select()'s; the
+// caller loops until its real deadline. Returns poll()'s result; errno as poll() leaves it.
+inline int poll_for(pollfd* fds, std::size_t count,
+                    std::optional<std::chrono::nanoseconds> timeout) noexcept {
+  constexpr std::chrono::nanoseconds cap = std::chrono::hours(24);
+#if defined(__linux__) || defined(__FreeBSD__) || defined(__NetBSD__) || defined(__OpenBSD__)
+  timespec ts{};
+  if (timeout) ts = to_timespec(std::min(*timeout, cap));
+  return ::ppoll(fds, static_cast<nfds_t>(count), timeout ? &ts : nullptr, nullptr);
+#else
+  int ms = -1;
+  if (timeout) {  // whole milliseconds, rounded up: late is allowed, early is not
+    const auto capped = std::clamp(*timeout, std::chrono::nanoseconds::zero(), cap);
+    ms = static_cast<int>((capped.count() + 999'999) / 1'000'000);
+  }
+  return ::poll(fds, static_cast<nfds_t>(count), ms);
+#endif
 }
 
 // ---- futex: how a plain thread sleeps on a 32-bit word --------------------------------------

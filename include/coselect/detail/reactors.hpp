@@ -1,0 +1,40 @@
+// Every backend's reactor, and the one place that picks one (Scheduler construction).
+#pragma once
+
+#include <atomic>
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+#include "../backend.hpp"
+#include "reactor.hpp"
+#include "reactor_poll.hpp"
+#include "reactor_select.hpp"
+#if defined(__linux__)
+#include "reactor_epoll.hpp"
+#endif
+
+namespace coselect::detail {
+
+// The backend of Scheduler() and Scheduler(TimeMachine&): select, as DESIGN §7 fixes. Only the
+// test suite changes it (from COSELECT_TEST_BACKEND), to run every test once per backend.
+inline std::atomic<Backend> default_backend{Backend::select};
+
+inline std::unique_ptr<reactor> make_reactor(Backend b) {
+  switch (b) {
+    case Backend::select:
+      return std::make_unique<select_reactor>();
+    case Backend::poll:
+      return std::make_unique<poll_reactor>();
+    case Backend::epoll:
+#if defined(__linux__)
+      return std::make_unique<epoll_reactor>();
+#else
+      break;
+#endif
+  }
+  throw std::invalid_argument(std::string("coselect::Scheduler: backend ") +
+                              std::string(to_string(b)) + " is not available on this platform");
+}
+
+}  // namespace coselect::detail
