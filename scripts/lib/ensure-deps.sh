@@ -3,6 +3,7 @@
 #
 #   ensure_deps pkg...     install those of these Debian packages that are missing
 #   build_jobs             number of parallel build jobs (all cores)
+#   default_test_backends  the I/O backends this platform has, for COSELECT_TEST_BACKEND
 #
 # Set COSELECT_SKIP_DEPS=1 to skip the package check (e.g. on a non-Debian system where the tools
 # are already installed by other means).
@@ -43,4 +44,12 @@ ensure_deps() {
 
 build_jobs() {
   nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 2
+}
+
+default_test_backends() {
+  if [[ $(uname -s) == Linux ]]; then
+    echo "select poll epoll"
+  else
+    echo "select poll"
+  fi
 }

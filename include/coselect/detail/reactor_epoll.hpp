@@ -112,6 +112,7 @@ class epoll_reactor final : public reactor {
       entry& e = entries_[static_cast<std::size_t>(fd)];
       e.round = 0;
       e.error = 0;
+      forget_if_unused(fd);
       mark_dirty(fd);
     }
     round_fds_.clear();
@@ -123,7 +124,10 @@ class epoll_reactor final : public reactor {
 
  protected:
   void fd_table_grew(std::size_t count) override { entry_of(static_cast<int>(count) - 1); }
-  void interest_changed(int fd) noexcept override { mark_dirty(fd); }
+  void interest_changed(int fd) noexcept override {
+    forget_if_unused(fd);
+    mark_dirty(fd);
+  }
 
  private:
   static constexpr int max_events = 4096;
@@ -166,6 +170,14 @@ class epoll_reactor final : public reactor {
     dirty_.push_back(fd);  // within the capacity entry_of reserved
   }
 
+  // Nobody needs the fd any more: from now on it may be closed and its number reused for
+  // another file, so what we knew of its registration is no longer to be trusted. (Decided
+  // here, at once: a new waiter may arrive before the next sync.)
+  void forget_if_unused(int fd) noexcept {
+    entry& e = entries_[static_cast<std::size_t>(fd)];
+    if (e.round == 0 && !has_waiters(fd)) e.known = false;
+  }
+
   void add_round_interest(int fd, std::uint32_t events) {
     if (events == 0) return;
     entry& e = entry_of(fd);
@@ -186,12 +198,9 @@ class epoll_reactor final : public reactor {
       const short by_waiters = wanted_by_waiters(fd);
       const std::uint32_t want = e.round | ((by_waiters & POLLIN) ? EPOLLIN : 0u) |
                                  ((by_waiters & POLLOUT) ? EPOLLOUT : 0u);
-      if (want == 0) {
-        // Nobody needs it: leave the kernel alone (a one-shot registration fires at most once
-        // more), but the fd may now be closed and reused: trust nothing about it.
-        e.known = false;
-        continue;
-      }
+      // Nobody needs it: leave the kernel alone (a one-shot registration fires at most once
+      // more; forget_if_unused already stopped trusting it).
+      if (want == 0) continue;
       if (e.known && e.armed == want) continue;
       const int error = arm(fd, e, want);
       if (error == 0) continue;
