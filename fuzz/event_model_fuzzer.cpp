@@ -1181,8 +1181,16 @@ class Harness {
     s.exported = false;
   }
 
+  // Each new scheduler takes the next I/O backend in turn (select first), so that a program
+  // that recreates its scheduler checks the model on every backend without changing what the
+  // input bytes mean.
   void make_scheduler() {
-    sched_ = virtual_ ? std::make_unique<Scheduler>(machine_) : std::make_unique<Scheduler>();
+    constexpr std::array kBackends = {coselect::Backend::select, coselect::Backend::poll,
+                                      coselect::Backend::epoll};
+    const coselect::Backend backend =
+        kBackends[static_cast<std::size_t>(generation_) % kBackends.size()];
+    sched_ = virtual_ ? std::make_unique<Scheduler>(machine_, backend)
+                      : std::make_unique<Scheduler>(backend);
     ++generation_;
   }
 
