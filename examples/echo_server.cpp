@@ -268,11 +268,11 @@ std::optional<Options> parse(const std::vector<std::string_view>& args) {
   };
   for (std::size_t i = 0; i < args.size(); ++i) {
     const std::string_view arg = args[i], value = i + 1 < args.size() ? args[i + 1] : "";
-    const auto backend = coselect::backend_from_string(value);
     bool ok = true;
     if (arg == "--self-test") {
       o.self_test = true;
     } else if (arg == "--backend") {
+      const auto backend = coselect::backend_from_string(value);
       ok = backend && coselect::backend_available(*backend);
       if (ok) o.backend = *backend;
     } else if (arg == "--threads" || arg == "--clients") {
