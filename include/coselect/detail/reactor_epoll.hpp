@@ -208,7 +208,12 @@ class epoll_reactor final : public reactor {
         refused_.push_back(fd);
         continue;
       }
-      e.error = error;
+      if (e.round != 0) {
+        // An event pipe or a dispatcher: a pipe that cannot be watched would be a lost wake-up,
+        // so anything but a closed dispatcher fd (handle_close, below) is the caller's error.
+        if (error != EBADF) throw_errno(error, "coselect: epoll_ctl");
+        e.error = error;  // reset with the round's interest
+      }
       if (by_waiters != 0) {
         finish_all(fd, wait_outcome::failed, error, sink);
         served = true;
