@@ -5,17 +5,22 @@
 //   ->  task, join_handle  ->  clock, detail/timer_heap, backend, dispatcher, detail/reactor
 //   (+ reactor_select, _poll, _epoll)  ->  task_manager  ->  scheduler  ->  time, io, thread,
 //   when_all, cancel, when_any, task_group, signal, testing (not included here: it needs
-//   GoogleTest)  ->  coselect.hpp
+//   GoogleTest)  ->  coselect.hpp. The coordination primitives (mutex, semaphore, channel,
+//   latch) sit on detail/waiter_queue, which needs only the event layer and loop_hooks.
 #pragma once
 
 #include "coselect/backend.hpp"
 #include "coselect/bacpypes.hpp"
 #include "coselect/cancel.hpp"
+#include "coselect/channel.hpp"
 #include "coselect/clock.hpp"
 #include "coselect/dispatcher.hpp"
 #include "coselect/io.hpp"
 #include "coselect/join_handle.hpp"
+#include "coselect/latch.hpp"
+#include "coselect/mutex.hpp"
 #include "coselect/scheduler.hpp"
+#include "coselect/semaphore.hpp"
 #include "coselect/signal.hpp"
 #include "coselect/task.hpp"
 #include "coselect/task_group.hpp"
