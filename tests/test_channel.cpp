@@ -401,7 +401,7 @@ TEST(Channel, ExactlyOnceAcrossThreadsAndCoroutinesWithCancellation) {
   constexpr int kProducers = kProducerThreads + 1;  // + the coroutine
   constexpr int kConsumerLoops = 2;
   constexpr int kConsumersPerLoop = 2;
-  const std::uint32_t per_producer = coselect_test::kSanitized ? 4000 : 40000;
+  const std::uint32_t per_producer = coselect_test::kSanitized ? 10000 : 40000;
   Channel<std::uint64_t> ch(8);
   auto encode = [](std::uint32_t producer, std::uint32_t seq) {
     return (std::uint64_t{producer} << 32) | seq;
