@@ -342,6 +342,32 @@ TEST_P(BackendTest, DispatchersTakeFdsAboveFdSetsize) {
   EXPECT_EQ(reader.bytes, 3);
 }
 
+// A reader and a writer on one socket: the writer is served at once (a fresh socket is
+// writable), the reader only when data comes; under epoll, the report for the writer must leave
+// the reader's interest armed.
+TEST_P(BackendTest, ReaderAndWriterOnOneFdAreServedIndependently) {
+  Scheduler s(GetParam());
+  int sockets[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, sockets), 0);
+  Ending reader = Ending::none, writer = Ending::none;
+  bool reader_pending_after_writer = false;
+  auto write_then_feed = [&]() -> Task<void> {
+    co_await coselect::writable(sockets[0]);
+    writer = Ending::resumed;
+    for (int i = 0; i < 3; ++i)
+      co_await coselect::yield_now();  // several loop rounds with the reader still waiting
+    reader_pending_after_writer = reader == Ending::none;
+    const char byte = 'x';
+    (void)::write(sockets[1], &byte, 1);
+  };
+  EXPECT_EQ(run_all(s, read_wait(sockets[0], reader), write_then_feed()), 0u);
+  ::close(sockets[0]);
+  ::close(sockets[1]);
+  EXPECT_EQ(writer, Ending::resumed);
+  EXPECT_TRUE(reader_pending_after_writer) << "the reader resumed before any data came";
+  EXPECT_EQ(reader, Ending::resumed);
+}
+
 // =================================================================================================
 // 3. Always-ready fds
 // =================================================================================================
