@@ -6,6 +6,10 @@
 //    every call_later ran exactly once (multiset of ids: count + sum of hashes); a task
 //    suspended and resumed ran once; a task only suspended ran at most once; every coroutine
 //    spawned from another thread ran to its end; every run_in_thread job came back;
+//  * every value sent through a Channel (by producer threads, with send_blocking and try_send)
+//    was received exactly once, in each producer's order, by consumer coroutines (some of whose
+//    receives time out: a cancelled receive takes nothing) and a consumer thread, draining after
+//    close();
 //  * every pulse (set(); clear()) released every waiter that was waiting on it: the pulser
 //    waits until all blocking threads are blocked in futex() and all coroutines are registered
 //    on the event, pulses, and requires all of them to report back;
@@ -38,6 +42,7 @@
 #include <cstdlib>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <random>
 #include <semaphore>
 #include <string>
@@ -193,6 +198,8 @@ struct Figures {
   std::uint64_t timed_waits = 0;
   std::uint64_t spawns = 0;
   std::uint64_t thread_jobs = 0;
+  std::uint64_t channel_values = 0;
+  std::uint64_t channel_canceled_receives = 0;
   int fds_start = 0, fds_warm = 0, fds_end = 0, fds_after_teardown = 0;
   long rss_warm_kib = 0, rss_end_kib = 0;
   double idle_cpu_percent = 0;
@@ -205,12 +212,13 @@ std::string to_json(const Figures& f) {
       "{\"duration_s\":%.1f,\"threads\":%d,\"coroutines\":%d,\"operations\":%" PRIu64
       ",\"posts\":%" PRIu64 ",\"pulses\":%" PRIu64 ",\"pulse_releases\":%" PRIu64
       ",\"timed_waits\":%" PRIu64 ",\"spawns\":%" PRIu64 ",\"thread_jobs\":%" PRIu64
+      ",\"channel_values\":%" PRIu64 ",\"channel_canceled_receives\":%" PRIu64
       ",\"fds_start\":%d,\"fds_warm\":%d,\"fds_end\":%d,\"fds_after_teardown\":%d"
       ",\"rss_warm_kib\":%ld,\"rss_end_kib\":%ld,\"idle_cpu_percent\":%.1f,\"sanitized\":%s}",
       f.duration_s, f.threads, f.coroutines, f.operations, f.posts, f.pulses, f.pulse_releases,
-      f.timed_waits, f.spawns, f.thread_jobs, f.fds_start, f.fds_warm, f.fds_end,
-      f.fds_after_teardown, f.rss_warm_kib, f.rss_end_kib, f.idle_cpu_percent,
-      kSanitized ? "true" : "false");
+      f.timed_waits, f.spawns, f.thread_jobs, f.channel_values, f.channel_canceled_receives,
+      f.fds_start, f.fds_warm, f.fds_end, f.fds_after_teardown, f.rss_warm_kib, f.rss_end_kib,
+      f.idle_cpu_percent, kSanitized ? "true" : "false");
   return buf;
 }
 
@@ -224,6 +232,8 @@ constexpr int kPulseCoroutines = 16;
 constexpr int kHammerThreads = 2;
 constexpr int kHammerCoroutines = 8;
 constexpr int kPoolThreads = 3;
+constexpr int kChannelProducers = 2;
+constexpr int kChannelConsumerCoroutines = 4;
 constexpr std::ptrdiff_t kWindow = 256;  // posts in flight per poster (back-pressure)
 constexpr auto kDeadline = 20s;          // no single wait here may take this long
 
@@ -270,6 +280,25 @@ struct Soak {
   std::array<std::atomic<std::uint64_t>, kBlockingWaiters> armed{};  // round each thread waits for
   std::array<std::atomic<pid_t>, kBlockingWaiters> waiter_tids{};
   std::uint64_t pulses = 0;
+
+  // ---- the channel ----
+  coselect::Channel<std::uint64_t> channel{16};
+  std::array<std::uint64_t, kChannelProducers> channel_sent{};  // producer threads
+  std::array<std::uint64_t, kChannelProducers> channel_sent_hash{};
+  std::atomic<std::uint64_t> channel_received{0};
+  std::atomic<std::uint64_t> channel_received_hash{0};
+  std::atomic<std::uint64_t> channel_canceled{0};
+
+  // One consumer's record of a value: exactly once (count + hash), in its producer's order.
+  void channel_got(std::uint64_t v, std::array<std::int64_t, kChannelProducers>& last) {
+    const auto producer = static_cast<std::size_t>(v >> 48);
+    const auto seq = static_cast<std::int64_t>(v & 0xFFFF'FFFF'FFFF);
+    if (producer >= kChannelProducers) return failures.add("a channel value was corrupted");
+    if (seq <= last[producer]) failures.add("a channel value arrived out of order or twice");
+    last[producer] = seq;
+    channel_received.fetch_add(1, std::memory_order_relaxed);
+    channel_received_hash.fetch_add(mix(v), std::memory_order_relaxed);
+  }
 
   // ---- hammering ----
   WaitableEvent hammer_event;
@@ -360,7 +389,60 @@ struct Soak {
     coroutine_left();
   }
 
+  // Receives until the channel is closed and drained; odd ones give up waiting now and then.
+  Task<void> channel_consumer(std::uint32_t seed) {
+    ++coroutines_live;
+    std::mt19937 rng(seed);
+    std::array<std::int64_t, kChannelProducers> last;
+    last.fill(-1);
+    for (;;) {
+      if (seed % 2 == 1 && rng() % 2 == 0) {
+        std::optional<std::optional<std::uint64_t>> v = co_await coselect::with_timeout(
+            std::chrono::microseconds(rng() % 100), channel.receive());
+        if (!v) {
+          channel_canceled.fetch_add(1, std::memory_order_relaxed);
+          continue;
+        }
+        if (!*v) break;
+        channel_got(**v, last);
+      } else {
+        std::optional<std::uint64_t> v = co_await channel.receive();
+        if (!v) break;
+        channel_got(*v, last);
+      }
+      if (rng() % 16 == 0) co_await coselect::yield_now();
+    }
+    coroutine_left();
+  }
+
   // ---- threads ----
+
+  void channel_producer(int p) {
+    std::mt19937 rng(3000 + p);
+    WaitableEvent never;
+    for (std::uint64_t seq = 0; load_on.load(std::memory_order_acquire); ++seq) {
+      std::uint64_t v = (static_cast<std::uint64_t>(p) << 48) | seq;
+      const std::uint64_t hash = mix(v);
+      if (rng() % 4 == 0) {
+        bool sent = channel.try_send(v);
+        for (; !sent && load_on.load(std::memory_order_acquire); sent = channel.try_send(v))
+          std::this_thread::yield();  // full
+        if (!sent) return;
+      } else if (!channel.send_blocking(v)) {
+        return failures.add("send_blocking failed before the channel was closed");
+      }
+      ++channel_sent[p];
+      channel_sent_hash[p] += hash;
+      random_delay(rng, never);
+    }
+  }
+
+  void channel_consumer_thread() {
+    std::array<std::int64_t, kChannelProducers> last;
+    last.fill(-1);
+    while (std::optional<std::uint64_t> v = channel.receive_blocking())
+      channel_got(*v, last);
+  }
 
   void poster(int p) {
     Poster& ps = posters[p];
@@ -578,9 +660,14 @@ TEST(Soak, EventsTasksAndCoroutinesUnderLoad) {
       threads.emplace_back([&soak, p] { soak.poster(p); });
     for (int t = 0; t < kHammerThreads; ++t)
       threads.emplace_back([&soak, t] { soak.hammer(t); });
-    fig.threads =
-        1 /* loop */ + 1 /* pulser */ + kBlockingWaiters + kPosters + kHammerThreads + kPoolThreads;
-    fig.coroutines = kPulseCoroutines + kHammerCoroutines;
+    for (int c = 0; c < kChannelConsumerCoroutines; ++c)
+      soak.scheduler.spawn(soak.channel_consumer(static_cast<std::uint32_t>(700 + c)));
+    for (int p = 0; p < kChannelProducers; ++p)
+      threads.emplace_back([&soak, p] { soak.channel_producer(p); });
+    std::thread channel_consumer([&] { soak.channel_consumer_thread(); });
+    fig.threads = 1 /* loop */ + 1 /* pulser */ + kBlockingWaiters + kPosters + kHammerThreads +
+                  kPoolThreads + kChannelProducers + 1 /* channel consumer */;
+    fig.coroutines = kPulseCoroutines + kHammerCoroutines + kChannelConsumerCoroutines;
 
     // Warm-up (allocator arenas, thread stacks, pool threads), then the measured run. The waits
     // on `never` are the test's clock, not synchronisation.
@@ -602,6 +689,8 @@ TEST(Soak, EventsTasksAndCoroutinesUnderLoad) {
     soak.pulse_event.set();  // release the pulse waiters for good
     for (auto& t : threads)
       t.join();
+    soak.channel.close();  // the producers are done: the consumers drain, then leave
+    channel_consumer.join();
     soak.hammer_event.set();  // and the hammer coroutines
     soak.closing.store(true, std::memory_order_release);
     if (soak.outstanding.load(std::memory_order_acquire) != 0) {
@@ -638,11 +727,20 @@ TEST(Soak, EventsTasksAndCoroutinesUnderLoad) {
       fig.thread_jobs += ps.jobs;
     }
     EXPECT_EQ(soak.outstanding.load(), 0);
+    std::uint64_t channel_hash = 0;
+    for (int p = 0; p < kChannelProducers; ++p) {
+      fig.channel_values += soak.channel_sent[p];
+      channel_hash += soak.channel_sent_hash[p];
+    }
+    EXPECT_EQ(soak.channel_received.load(), fig.channel_values) << "channel values lost or doubled";
+    EXPECT_EQ(soak.channel_received_hash.load(), channel_hash) << "channel values differ";
+    EXPECT_GT(fig.channel_values, 0u);
+    fig.channel_canceled_receives = soak.channel_canceled.load();
     fig.pulses = soak.pulses;
     fig.pulse_releases = fig.pulses * (kPulseCoroutines + kBlockingWaiters);
     fig.timed_waits = soak.timed_waits.load();
     fig.operations = fig.posts + fig.spawns + fig.pulses + fig.pulse_releases +
-                     soak.hammer_ops.load() + fig.timed_waits;
+                     soak.hammer_ops.load() + fig.timed_waits + fig.channel_values;
     EXPECT_GT(fig.pulses, 0u);
     expect_pipe_mirrors(soak.pulse_event, "pulse event");
     expect_pipe_mirrors(soak.hammer_event, "hammer event");
