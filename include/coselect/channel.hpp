@@ -216,7 +216,7 @@ class Channel<T>::receive_awaiter : private detail::queued_awaiter {
  public:
   explicit receive_awaiter(Channel& ch) noexcept : queued_awaiter(ch.receivers_), channel_(ch) {}
   receive_awaiter(receive_awaiter&& other) noexcept
-      : queued_awaiter(*other.queue_), channel_(other.channel_) {}
+      : queued_awaiter(*other.queue_), channel_(other.channel_), value_() {}
 
   bool await_ready() {
     bind_loop("Channel::receive()");

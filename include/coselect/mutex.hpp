@@ -82,27 +82,35 @@ class Mutex {
   }
 
   void unlock() {
+    if (!release()) throw std::logic_error("coselect::Mutex::unlock: the mutex is not locked");
+  }
+
+ private:
+  friend class MutexGuard;
+
+  static constexpr int kUnlocked = 0;
+  static constexpr int kLocked = 1;     // locked, nobody waits
+  static constexpr int kContended = 2;  // locked, waiters may be queued (unlock takes the lock)
+
+  // unlock(); false (and nothing changed) if the mutex was not locked.
+  bool release() noexcept {
     int s = kLocked;
     if (state_.compare_exchange_strong(s, kUnlocked, std::memory_order_release,
                                        std::memory_order_relaxed)) {
-      return;
+      return true;
     }
     std::lock_guard lock(mutex_);
     s = state_.load(std::memory_order_relaxed);
-    if (s == kUnlocked) throw std::logic_error("coselect::Mutex::unlock: the mutex is not locked");
+    if (s == kUnlocked) return false;
     if (waiters_.empty()) {
       state_.store(kUnlocked, std::memory_order_release);  // the waiters were cancelled
-      return;
+      return true;
     }
     // Hand-over: the lock stays taken and passes to the oldest waiter.
     waiters_.release(*waiters_.front(), detail::wait_outcome::released);
     state_.store(waiters_.empty() ? kLocked : kContended, std::memory_order_relaxed);
+    return true;
   }
-
- private:
-  static constexpr int kUnlocked = 0;
-  static constexpr int kLocked = 1;     // locked, nobody waits
-  static constexpr int kContended = 2;  // locked, waiters may be queued (unlock takes the lock)
 
   // Lock held: takes the mutex if it is free, else marks it contended (the caller waits).
   bool take_or_mark_contended() noexcept {
@@ -160,8 +168,8 @@ inline Mutex::lock_awaiter Mutex::lock() noexcept {
 }
 
 inline void MutexGuard::unlock() noexcept {
-  // The guard owns the lock, so unlock() cannot find it unlocked: it does not throw.
-  if (Mutex* m = std::exchange(mutex_, nullptr)) m->unlock();
+  // The guard owns the lock, so it cannot find it unlocked.
+  if (Mutex* m = std::exchange(mutex_, nullptr)) (void)m->release();
 }
 
 }  // namespace coselect
