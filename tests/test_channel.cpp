@@ -161,6 +161,36 @@ TEST(Channel, MoveOnlyValuesPassThroughEveryPath) {
   EXPECT_EQ(got, (std::vector<int>{0, 1, 2, 3}));
 }
 
+// Sends with room, receives with a value buffered, and both on a closed channel complete
+// without suspending, so a stop requested before them does not matter; a send to a full
+// channel, under the same stop, throws at once and enqueues nothing.
+TEST(Channel, FastPathsIgnoreAPriorStop) {
+  Scheduler s;
+  Channel<int> ch(1);
+  std::stop_source stop;
+  stop.request_stop();
+  std::vector<std::string> log;
+  auto body = [&]() -> Task<void> {
+    const bool sent = co_await ch.send(1);  // room
+    log.push_back(sent ? "sent" : "not sent");
+    try {
+      co_await ch.send(2);  // full: would suspend
+      log.push_back("sent to a full channel");
+    } catch (const std::system_error& e) {
+      log.push_back(e.code() == std::errc::operation_canceled ? "canceled" : "other error");
+    }
+    std::optional<int> v = co_await ch.receive();  // buffered
+    log.push_back("got " + std::to_string(v.value_or(-1)));
+    ch.close();
+    const bool after_close = co_await ch.send(3);
+    log.push_back(after_close ? "sent after close" : "closed");
+    std::optional<int> none = co_await ch.receive();
+    log.push_back(none ? "got after close" : "drained");
+  };
+  s.run(coselect::with_stop_token(stop.get_token(), body()));
+  EXPECT_EQ(log, (std::vector<std::string>{"sent", "canceled", "got 1", "closed", "drained"}));
+}
+
 // ---- waiting: hand-off, back-pressure, FIFO --------------------------------------------------
 
 // A value sent while a receiver waits passes straight to it: nothing is buffered.
