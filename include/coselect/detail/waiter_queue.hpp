@@ -171,7 +171,14 @@ class queued_awaiter {
       node_.cancel = token != nullptr ? &cancel_ : nullptr;
       queue_->push_back(node_);
     }
-    cancel_.arm(token, *loop_, &on_cancel, this);
+    try {
+      cancel_.arm(token, *loop_, &on_cancel, this);
+    } catch (...) {  // std::bad_alloc: leave the queue, unless already served
+      std::lock_guard lock(queue_->mutex());
+      if (!node_.linked.load(std::memory_order_relaxed)) return true;  // its resume is queued
+      queue_->unlink(node_);
+      throw;
+    }
     return true;
   }
 
