@@ -67,8 +67,10 @@ trap 'kill "$load_sampler" 2>/dev/null || true' EXIT
 
 for b in bench_loop bench_timers bench_fd bench_echo bench_wake; do
   echo "==> $b"
+  # Interleaved repetitions: a burst of load from the other users of this machine then hits
+  # every peer of a comparison alike instead of all repetitions of one of them.
   "$bin/$b" --scale="$scale" --benchmark_repetitions="$reps" \
-    --benchmark_display_aggregates_only=true ${filter:+--benchmark_filter="$filter"} \
+    --benchmark_enable_random_interleaving=true --benchmark_display_aggregates_only=true ${filter:+--benchmark_filter="$filter"} \
     --benchmark_out="$results/$b.json" --benchmark_out_format=json
 done
 
