@@ -12,23 +12,28 @@
 //
 // Each runs twice: pinned:0 lets the kernel place the two threads; pinned:1 pins both to one
 // CPU, as a busy machine often does, so that every wake-up is also a context switch there.
+#include <fcntl.h>
 #include <pthread.h>
 #include <sched.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/select.h>
 #include <unistd.h>
 #include <uv.h>
 
+#include <algorithm>
 #include <asio/executor_work_guard.hpp>
 #include <asio/io_context.hpp>
 #include <asio/post.hpp>
 #include <atomic>
+#include <chrono>
 #include <condition_variable>
 #include <coselect.hpp>
 #include <cstdint>
 #include <mutex>
 #include <thread>
+#include <vector>
 
 #include "common.hpp"
 
@@ -118,6 +123,100 @@ void wake_coselect(benchmark::State& state) {
   }
 }
 BENCHMARK(wake_coselect)->Name("wake/coselect")->Apply(wake_args);
+
+// ---- coselect with many fds open -------------------------------------------------------------
+//
+// DESIGN §6: no latency cliff with any number of fds open. `fds_open` descriptors (/dev/null)
+// are opened before the Schedulers and events, so every pipe of theirs is numbered above them
+// (above FD_SETSIZE at 2,000). Each round trip is timed on its own: p50, p99 and the worst.
+// The same source also builds against older include/ trees (bench/wake_before_after.sh), so the
+// backend variants exist only where <coselect/backend.hpp> does.
+
+class OpenFds {
+ public:
+  explicit OpenFds(std::int64_t n) {
+    rlimit rl{};
+    check(::getrlimit(RLIMIT_NOFILE, &rl) == 0, "getrlimit");
+    rl.rlim_cur = rl.rlim_max;
+    check(::setrlimit(RLIMIT_NOFILE, &rl) == 0, "setrlimit");
+    for (std::int64_t i = 0; i < n; ++i) {
+      const int fd = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+      check(fd >= 0, "open(/dev/null)");
+      fds_.push_back(fd);
+    }
+  }
+  ~OpenFds() {
+    for (int fd : fds_)
+      ::close(fd);
+  }
+  OpenFds(const OpenFds&) = delete;
+  OpenFds& operator=(const OpenFds&) = delete;
+
+ private:
+  std::vector<int> fds_;
+};
+
+coselect::Task<void> side_a_timed(CoselectGame& g, const bench::Budget& budget,
+                                  std::vector<std::int64_t>& samples) {
+  for (std::int64_t i = 0;; ++i) {
+    if (!budget.more(i)) {
+      g.stop.store(true, std::memory_order_relaxed);
+      g.ping.set();
+      co_return;
+    }
+    const auto t0 = std::chrono::steady_clock::now();
+    g.ping.set();
+    co_await g.pong.wait();
+    g.pong.clear();
+    samples.push_back(
+        std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - t0)
+            .count());
+    ++g.done;
+  }
+}
+
+template <class... BackendArg>
+void wake_fds_open(benchmark::State& state, BackendArg... backend) {
+  for (auto _ : state) {
+    const OpenFds filler(state.range(0));
+    CoselectGame g;  // after the filler: the events' pipes are numbered above it
+    coselect::Scheduler a(backend...), b(backend...);
+    std::vector<std::int64_t> samples;
+    samples.reserve(static_cast<std::size_t>(bench::count(kRoundTrips)));
+    bench::Stopwatch sw;
+    const bench::Budget budget(bench::count(kRoundTrips));
+    std::thread other([&] { b.run(side_b(g)); });
+    a.run(side_a_timed(g, budget, samples));
+    other.join();
+    sw.stop(state, g.done);
+    check(!samples.empty(), "no round trip");
+    std::sort(samples.begin(), samples.end());
+    auto at = [&](double q) {
+      const auto i = static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1));
+      return static_cast<double>(samples[i]);
+    };
+    state.counters["p50_ns"] = at(0.50);
+    state.counters["p99_ns"] = at(0.99);
+    state.counters["max_ns"] = static_cast<double>(samples.back());
+  }
+}
+
+void fds_args(benchmark::internal::Benchmark* b) {
+  bench::configure(b);
+  b->ArgName("fds_open")->Arg(0)->Arg(2000);
+}
+
+void wake_fds_default(benchmark::State& state) {
+  wake_fds_open(state);
+}
+BENCHMARK(wake_fds_default)->Name("wake/coselect_fds")->Apply(fds_args);
+
+#if __has_include(<coselect/backend.hpp>)
+void wake_fds_epoll(benchmark::State& state) {
+  wake_fds_open(state, coselect::Backend::epoll);
+}
+BENCHMARK(wake_fds_epoll)->Name("wake/coselect_epoll_fds")->Apply(fds_args);
+#endif
 
 // ---- floors --------------------------------------------------------------------------------
 

@@ -47,6 +47,10 @@ double scale() {
   return g_scale;
 }
 
+double max_seconds() {
+  return g_max_seconds;
+}
+
 Budget::Budget(std::int64_t n)
     : n_(n),
       deadline_(std::chrono::steady_clock::now() +

@@ -21,6 +21,8 @@ namespace bench {
 // Workload size scaled by --scale=F (default 1; the CI smoke run uses a small F).
 std::int64_t count(std::int64_t n);
 double scale();
+// --max_seconds=S (default 20): the time bound of one workload (see Budget).
+double max_seconds();
 
 // A workload whose operations may each take a long time (a thread wake-up on a busy machine)
 // stops after n operations or once --max_seconds=S (default 20) have passed, whichever comes

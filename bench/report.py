@@ -1,6 +1,6 @@
 #!/usr/bin/env python3
 """Turns bench/results/*.json into the tables of bench/RESULTS.md (between its markers) and the
-charts bench/results/ratios.svg and bench/results/fd_scaling.svg (gnuplot)."""
+charts bench/results/ratios.svg, fd_scaling.svg and echo.svg (gnuplot)."""
 import json
 import math
 import os
@@ -74,20 +74,27 @@ COMPARISONS = [
     ("spawn 1M", "coroutine", "spawn/coselect", "spawn/floor_ready_queue", CPU, None, ""),
     ("suspended coroutine", "coroutine", "broadcast/coselect_event", "broadcast/asio_timer_cancel",
      HEAP, 1.0, "<= 1"),
-    ("fd scaling, 10 idle", "wake", "fd/coselect_select/idle:10", "fd/floor_select/idle:10", CPU,
+    ("fd scaling (select), 10 idle", "wake", "fd/coselect_select/idle:10", "fd/floor_select/idle:10", CPU,
      None, ""),
-    ("fd scaling, 10 idle", "wake", "fd/coselect_select/idle:10", "fd/asio_epoll/idle:10", CPU,
+    ("fd scaling (select), 10 idle", "wake", "fd/coselect_select/idle:10", "fd/asio_epoll/idle:10", CPU,
      None, ""),
-    ("fd scaling, 10 idle", "wake", "fd/coselect_select/idle:10", "fd/libuv_poll/idle:10", CPU,
+    ("fd scaling (select), 10 idle", "wake", "fd/coselect_select/idle:10", "fd/libuv_poll/idle:10", CPU,
      None, ""),
-    ("fd scaling, 100 idle", "wake", "fd/coselect_select/idle:100", "fd/floor_select/idle:100",
+    ("fd scaling (select), 100 idle", "wake", "fd/coselect_select/idle:100", "fd/floor_select/idle:100",
      CPU, None, ""),
-    ("fd scaling, 100 idle", "wake", "fd/coselect_select/idle:100", "fd/asio_epoll/idle:100", CPU,
+    ("fd scaling (select), 100 idle", "wake", "fd/coselect_select/idle:100", "fd/asio_epoll/idle:100", CPU,
      None, ""),
-    ("fd scaling, 1000 idle", "wake", "fd/coselect_select/idle:1000", "fd/floor_select/idle:1000",
+    ("fd scaling (select), 1000 idle", "wake", "fd/coselect_select/idle:1000", "fd/floor_select/idle:1000",
      CPU, None, ""),
-    ("fd scaling, 1000 idle", "wake", "fd/coselect_select/idle:1000", "fd/asio_epoll/idle:1000",
+    ("fd scaling (select), 1000 idle", "wake", "fd/coselect_select/idle:1000", "fd/asio_epoll/idle:1000",
      CPU, None, ""),
+] + [
+    (f"fd wake, {n:,} idle, epoll", "wake", f"fd/coselect_epoll/idle:{n}",
+     f"fd/floor_epoll/idle:{n}", CPU, 1.3, "<= 1.30") for n in (10, 100, 1000, 10000)
+] + [
+    (f"echo, {c:,} connections, epoll", "message", f"echo/coselect_epoll/conns:{c}",
+     f"echo/asio_handlers/conns:{c}", WALL, 1.0, "<= 1") for c in (100, 1000, 10000)
+] + [
     ("compile hello world", "build", "compile/coselect", "compile/asio", "cpu_s", 0.5, "<= 0.5"),
     ("compile hello world", "build", "compile/coselect", "compile/asio", "peak_rss_MiB", 0.5,
      "<= 0.5"),
@@ -212,13 +219,21 @@ plot '{data}' using ($5==1?$2:1/0):1:3:4 with xerrorbars pt 7 ps 0.9 lc rgb '#1a
 """)
 
 
+FD_IMPLS = ["coselect_select", "coselect_poll", "coselect_epoll", "floor_select", "floor_poll",
+            "floor_epoll", "asio_epoll", "libuv_poll"]
+FD_SIZES = (10, 100, 1000, 10000)
+ECHO_SERVERS = ["coselect_select", "coselect_poll", "coselect_epoll", "asio_handlers",
+                "asio_awaitable", "libuv"]
+ECHO_CONNS = (100, 1000, 10000)
+
+
 def fd_chart(runs):
-    impls = ["coselect_select", "floor_select", "floor_epoll", "asio_epoll", "libuv_poll"]
+    impls = FD_IMPLS
     data = os.path.join(RESULTS, "fd_scaling.dat")
     with open(data, "w") as f:
         for impl in impls:
             f.write(f"# {impl}\n")
-            for n in (10, 100, 1000):
+            for n in FD_SIZES:
                 s = stats(runs, f"fd/{impl}/idle:{n}", CPU)
                 if s:
                     f.write(f"{n} {s[1]:.6g} {s[0]:.6g} {s[2]:.6g}\n")
@@ -229,13 +244,184 @@ def fd_chart(runs):
 set title 'Cost of one wake with N idle fds watched (median CPU ns; bars: min..max)'
 set termoption noenhanced
 set logscale xy 10
-set xrange [7:1400]
+set xrange [7:14000]
 set xlabel 'idle fds watched'
 set ylabel 'ns CPU per wake'
 set grid
 set key top left
 plot {plots}
 """)
+
+
+def echo_chart(runs):
+    data = os.path.join(RESULTS, "echo.dat")
+    with open(data, "w") as f:
+        for server in ECHO_SERVERS:
+            f.write(f"# {server}\n")
+            for c in ECHO_CONNS:
+                name = f"echo/{server}/conns:{c}"
+                t, cpu = stats(runs, name, "msgs_per_s"), stats(runs, name, CPU)
+                if t and cpu:
+                    f.write(f"{c} {t[1]:.6g} {t[0]:.6g} {t[2]:.6g} "
+                            f"{cpu[1]:.6g} {cpu[0]:.6g} {cpu[2]:.6g}\n")
+            f.write("\n\n")
+
+    def plots(cols):
+        return ", ".join(f"'{data}' index {i} using 1:{cols} with yerrorlines lw 2 title '{s}'"
+                         for i, s in enumerate(ECHO_SERVERS))
+    gnuplot("echo", 1100, 460, f"""
+set termoption noenhanced
+set multiplot layout 1,2 title 'TCP echo over 127.0.0.1, 32-byte messages, one server thread (median; bars: min..max)'
+set logscale x 10
+set xrange [70:14000]
+set xlabel 'concurrent connections'
+set grid
+set key bottom left
+set title 'messages per second (higher is better)'
+set ylabel 'messages / s'
+set yrange [0:*]
+plot {plots('2:3:4')}
+set title 'server CPU per message (lower is better)'
+set ylabel 'ns CPU per message'
+set key top left
+plot {plots('5:6:7')}
+unset multiplot
+""")
+
+
+def load_during_run():
+    path = os.path.join(RESULTS, "load.txt")
+    if not os.path.exists(path):
+        return None
+    one_minute = []
+    for line in open(path):
+        parts = line.split()
+        if len(parts) >= 2:
+            one_minute.append(float(parts[1]))
+    if not one_minute:
+        return None
+    return min(one_minute), statistics.median(one_minute), max(one_minute), len(one_minute)
+
+
+def scale_sections(runs):
+    """The §7 scale results: fd scaling for every backend and peer, the echo servers, and the
+    wake-up latency with fds open before and after (wake_fds.json)."""
+    out = []
+    out.append("### fd scaling: ns CPU per wake with N idle fds watched (median)")
+    out.append("")
+    out.append("![fd scaling](results/fd_scaling.svg)")
+    out.append("")
+    out.append("| idle fds | " + " | ".join(FD_IMPLS) + " |")
+    out.append("|---" * (len(FD_IMPLS) + 1) + "|")
+    for n in FD_SIZES:
+        cells = []
+        for impl in FD_IMPLS:
+            s = stats(runs, f"fd/{impl}/idle:{n}", CPU)
+            cells.append(fmt(s[1]) if s else "n/a")
+        out.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    out.append("")
+    out.append("Ratios to raw `epoll_wait` on a prebuilt set (medians of ns CPU per wake; "
+               "DESIGN §7 goal: coselect epoll <= 1.30 at every N; range: "
+               "min(x)/max(floor) .. max(x)/min(floor)):")
+    out.append("")
+    cols = [i for i in FD_IMPLS if i != "floor_epoll"]
+    out.append("| idle fds | " + " | ".join(cols) + " | coselect_epoll range | goal |")
+    out.append("|---" * (len(cols) + 3) + "|")
+    for n in FD_SIZES:
+        ref = stats(runs, f"fd/floor_epoll/idle:{n}", CPU)
+        cells, verdict, rng = [], "", ""
+        for impl in cols:
+            s = stats(runs, f"fd/{impl}/idle:{n}", CPU)
+            if s and ref:
+                ratio = s[1] / ref[1]
+                cells.append(f"**{ratio:.2f}**" if impl == "coselect_epoll" else f"{ratio:.2f}")
+                if impl == "coselect_epoll":
+                    verdict = "holds" if ratio <= 1.3 else "**missed**"
+                    rng = f"{s[0] / ref[2]:.2f}..{s[2] / ref[0]:.2f}"
+            else:
+                cells.append("n/a")
+        out.append(f"| {n:,} | " + " | ".join(cells) + f" | {rng} | {verdict} |")
+    out.append("")
+
+    out.append("### Echo: C connections, 32-byte round trips, one server thread")
+    out.append("")
+    out.append("![echo](results/echo.svg)")
+    out.append("")
+    out.append("Medians over the repetitions. msgs/s: round trips per second of wall time "
+               "(client-measured); CPU/msg: server thread CPU per message; client CPU/msg: the "
+               "shared load generator's. Ratios are coselect or peer / Asio (completion "
+               "handlers) and / libuv, of medians; for throughput higher is better, for CPU "
+               "lower. DESIGN §7 goal: every connection served, coselect epoll throughput "
+               ">= 1.0x Asio.")
+    out.append("")
+    out.append("Throughput on a shared machine is only as steady as the machine: the best "
+               "repetition (least disturbed by other users) is shown next to the median.")
+    out.append("")
+    out.append("| conns | server | msgs/s | x Asio | x libuv | best msgs/s | x Asio (best) | "
+               "CPU ns/msg | x Asio | x libuv | client CPU ns/msg | served (min) / conns | goal |")
+    out.append("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+
+    def ratio(a, b):
+        return f"{a[1] / b[1]:.2f}" if a and b else "n/a"
+
+    for c in ECHO_CONNS:
+        asio_t = stats(runs, f"echo/asio_handlers/conns:{c}", "msgs_per_s")
+        uv_t = stats(runs, f"echo/libuv/conns:{c}", "msgs_per_s")
+        asio_c = stats(runs, f"echo/asio_handlers/conns:{c}", CPU)
+        uv_c = stats(runs, f"echo/libuv/conns:{c}", CPU)
+        for server in ECHO_SERVERS:
+            name = f"echo/{server}/conns:{c}"
+            t, cpu = stats(runs, name, "msgs_per_s"), stats(runs, name, CPU)
+            if not t or not cpu:
+                continue
+            client = stats(runs, name, "client_cpu_ns_per_op")
+            served = stats(runs, name, "conns_served")
+            conns = stats(runs, name, "conns")
+            verdict = ""
+            if server == "coselect_epoll" and asio_t:
+                ok = t[1] / asio_t[1] >= 1.0 and served and conns and served[0] == conns[2]
+                verdict = "holds" if ok else "**missed**"
+            tr = ratio(t, asio_t)
+            best = f"{t[2] / asio_t[2]:.2f}" if asio_t else "n/a"
+            out.append(f"| {c:,} | {server} | {fmt(t[1])} | "
+                       f"{'**' + tr + '**' if server == 'coselect_epoll' else tr} | "
+                       f"{ratio(t, uv_t)} | {fmt(t[2])} | {best} | "
+                       f"{fmt(cpu[1])} | {ratio(cpu, asio_c)} | {ratio(cpu, uv_c)} | "
+                       f"{fmt(client[1]) if client else 'n/a'} | "
+                       f"{fmt(served[0]) if served else 'n/a'} / "
+                       f"{fmt(conns[2]) if conns else '?'} | {verdict} |")
+    out.append("")
+
+    wake = read_json("wake_fds.json")
+    if wake:
+        ctx = wake.get("context", {})
+        out.append("### Cross-thread wake round trip with fds open, before and after")
+        out.append("")
+        out.append(f"`bench/wake_before_after.sh`: the same `bench_wake.cpp` built against "
+                   f"{ctx.get('before', '?')}'s include/ (before) and {ctx.get('after', '?')}'s "
+                   f"(after), same flags, run alternately. Two threads ping-pong through two "
+                   f"`WaitableEvent`s on two Schedulers (default backend, or epoll where "
+                   f"named); `fds_open` descriptors were opened before the Schedulers and "
+                   f"events. Per round trip; the median over the repetitions of each statistic:")
+        out.append("")
+        out.append("| build | case | fds open | round trips | p50 | p99 | worst | mean (wall) |")
+        out.append("|---|---|---|---|---|---|---|---|")
+        for side in ("before", "after"):
+            for case in ("coselect_fds", "coselect_epoll_fds"):
+                for n in (0, 2000):
+                    name = f"{side}/wake/{case}/fds_open:{n}"
+                    if name not in runs:
+                        continue
+
+                    def us(metric):
+                        st = stats(runs, name, metric)
+                        return "n/a" if st is None else f"{fmt(st[1] / 1000)} µs"
+                    ops = stats(runs, name, "ops")
+                    out.append(f"| {side} | {case} | {n:,} | {fmt(ops[1]) if ops else 'n/a'} | "
+                               f"{us('p50_ns')} | {us('p99_ns')} | {us('max_ns')} | "
+                               f"{us(WALL)} |")
+        out.append("")
+    return out
 
 
 def main():
@@ -278,6 +464,12 @@ def main():
                + (" (with uncommitted changes under include/)"
                   if machine.get("include_changes") else "") + ".")
     out.append("")
+    during = load_during_run()
+    if during:
+        out.append(f"Load average (1 min) sampled every minute during the run: min "
+                   f"{during[0]:.2f} / median {during[1]:.2f} / max {during[2]:.2f} "
+                   f"({during[3]} samples, bench/results/load.txt); 2 cores.")
+        out.append("")
     out.append("![coselect / peer ratios](results/ratios.svg)")
     out.append("")
     out.append("### Ratios coselect / peer (same run)")
@@ -318,20 +510,7 @@ def main():
         out.append(f"| {b['name']} | {b['syscalls_per_op']} | {by} | "
                    f"{'' if goal is None else goal} | {verdict} |")
     out.append("")
-    out.append("### fd scaling: ns CPU per wake with N idle fds watched (median)")
-    out.append("")
-    out.append("![fd scaling](results/fd_scaling.svg)")
-    out.append("")
-    impls = ["coselect_select", "floor_select", "floor_epoll", "asio_epoll", "libuv_poll"]
-    out.append("| idle fds | " + " | ".join(impls) + " |")
-    out.append("|---" * (len(impls) + 1) + "|")
-    for n in (10, 100, 1000):
-        cells = []
-        for impl in impls:
-            s = stats(runs, f"fd/{impl}/idle:{n}", CPU)
-            cells.append(fmt(s[1]) if s else "n/a")
-        out.append(f"| {n} | " + " | ".join(cells) + " |")
-    out.append("")
+    out.extend(scale_sections(runs))
     out.append("### Every benchmark (per operation; min / **median** / max)")
     out.append("")
     out.append("| benchmark | ns wall | ns CPU | B heap | B RSS |")
@@ -353,6 +532,7 @@ def main():
 
     ratio_chart(rows)
     fd_chart(runs)
+    echo_chart(runs)
 
     md = os.path.join(HERE, "RESULTS.md")
     text = open(md).read() if os.path.exists(md) else f"# coselect benchmarks\n\n{BEGIN}\n{END}\n"
@@ -364,7 +544,7 @@ def main():
         text = text.rstrip() + "\n\n" + "\n".join(out) + "\n"
     with open(md, "w") as f:
         f.write(text)
-    print(f"wrote {md}, {RESULTS}/ratios.svg, {RESULTS}/fd_scaling.svg")
+    print(f"wrote {md}, {RESULTS}/ratios.svg, {RESULTS}/fd_scaling.svg, {RESULTS}/echo.svg")
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@
 #   ./bench/run.sh --smoke         # a few seconds: tiny workloads, 1 repetition, results to a
 #                                  # temporary directory (checks that everything runs)
 #   ./bench/run.sh --filter REGEX  # only the Google Benchmark runs matching REGEX
+#   ./bench/run.sh --wake-before REV  # also the wake-up latency with 2,000 fds open, built
+#                                  # against REV's include/ and this tree's (wake_before_after.sh)
 #
 # Installs missing Debian packages first (set COSELECT_SKIP_DEPS=1 to skip), builds with the
 # `bench` preset (g++ Release). Timings are never checked here: this is not a test.
@@ -18,13 +20,15 @@ reps=5
 scale=1
 filter=""
 smoke=0
+wake_before=""
 while (($#)); do
   case $1 in
     --reps) reps=$2; shift 2 ;;
     --scale) scale=$2; shift 2 ;;
     --filter) filter=$2; shift 2 ;;
     --smoke) smoke=1; shift ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --wake-before) wake_before=$2; shift 2 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) echo "unknown argument: $1" >&2; exit 2 ;;
   esac
 done
@@ -44,7 +48,7 @@ bin=build/bench/bench
 if ((smoke)); then
   out=$(mktemp -d)
   trap 'rm -rf "$out"' EXIT
-  for b in bench_wake bench_loop bench_timers bench_fd; do
+  for b in bench_wake bench_loop bench_timers bench_fd bench_echo; do
     "$bin/$b" --scale=0.001 --max_seconds=2 --benchmark_repetitions=1 ${filter:+--benchmark_filter="$filter"} \
       --benchmark_out="$out/$b.json" --benchmark_out_format=json
   done
@@ -55,13 +59,25 @@ fi
 results=bench/results
 mkdir -p "$results"
 load_before=$(cut -d' ' -f1-3 /proc/loadavg)
+# The load average once a minute while the benchmarks run (bench/results/load.txt).
+(while :; do echo "$(date -u +%H:%M) $(cut -d' ' -f1-3 /proc/loadavg)"; sleep 60; done) \
+  >"$results/load.txt" &
+load_sampler=$!
+trap 'kill "$load_sampler" 2>/dev/null || true' EXIT
 
-for b in bench_loop bench_timers bench_fd bench_wake; do
+for b in bench_loop bench_timers bench_fd bench_echo bench_wake; do
   echo "==> $b"
+  # Interleaved repetitions: a burst of load from the other users of this machine then hits
+  # every peer of a comparison alike instead of all repetitions of one of them.
   "$bin/$b" --scale="$scale" --benchmark_repetitions="$reps" \
-    --benchmark_display_aggregates_only=true ${filter:+--benchmark_filter="$filter"} \
+    --benchmark_enable_random_interleaving=true --benchmark_display_aggregates_only=true ${filter:+--benchmark_filter="$filter"} \
     --benchmark_out="$results/$b.json" --benchmark_out_format=json
 done
+
+if [[ -n $wake_before ]]; then
+  echo "==> wake-up latency with 2,000 fds open: $wake_before against this tree"
+  bench/wake_before_after.sh "$wake_before" --reps "$reps"
+fi
 
 if [[ -z $filter ]]; then
   echo "==> system calls per operation (strace)"
