@@ -34,6 +34,12 @@
 //  * An exception thrown by a callback is rethrown by run_until(), once per throw.
 //  * At rest: an event's read end is readable only while the event is set, readable whenever
 //    it is set and fileno() was handed out, and never holds more than one byte (FIONREAD).
+//  * Channel<T> (one channel of capacity 1-3 per input): every value has a unique id; a value
+//    whose send was accepted (try_send or co_await send() returned true) is received exactly
+//    once by the end; one whose send was refused (false, a timeout, a cancellation) is never
+//    received; no value is received twice. Coroutine senders and receivers may be cancelled
+//    (kCancel), time out, or be destroyed with their scheduler; after the driver's close(),
+//    try_send fails. finish() closes the channel and drains it.
 //  * Nothing leaks: the process has as many fds after the input as before (ASan checks memory).
 //
 // Built two ways: with -fsanitize=fuzzer (fuzz/CMakeLists.txt, clang) for libFuzzer, and with
@@ -144,6 +150,14 @@ enum Op : std::uint8_t {
   kCancel,             // code                    JoinHandle::cancel() of a coroutine waiter or
                        //                         sleeper (code picks it; odd: from a helper)
                        //                         (mode: set, pulse, 64 pulses, 64 pulses + set)
+  kChTrySend,          //                         try_send() of a new value on the fuzzing thread
+  kChTryReceive,       //                         try_receive() on the fuzzing thread
+  kChCoSend,           // code                    spawn: co_await send() (code 4: untimed, else
+                       //                         under with_timeout)
+  kChCoReceive,        // code                    spawn: co_await receive() (likewise)
+  kChHelperSend,       // helper                  try_send() of a new value on a helper thread
+  kChHelperReceive,    // helper                  try_receive() on a helper thread
+  kChClose,            // code                    close() (even code: fuzzing thread; odd: helper)
   kOpCount
 };
 
@@ -204,7 +218,14 @@ struct BlockingWait {
   ns elapsed{};
 };
 
-enum class CoKind { event_wait, sleeper, handoff, thread_job, loop_setter };
+enum class CoKind { event_wait, sleeper, handoff, thread_job, loop_setter, channel_op };
+
+// One value sent through the channel: its fate, written by whoever learned it.
+struct ChannelValue {
+  std::atomic<int> accepted{-1};  // -1: not known (yet); 0: refused; 1: accepted
+  std::atomic<int> received{0};
+};
+constexpr std::size_t kChannelValues = kMaxOps + 1;
 enum class CoState { spawned, waiting, done, skipped, destroyed };
 enum class Outcome { none, released, timed_out, canceled, failed };
 
@@ -339,6 +360,7 @@ class Harness {
     for (auto& h : helpers_)
       h = std::make_unique<Helper>(mutex_, progress_, progress_count_);
     pool_ = std::make_unique<ThreadPool>(2);
+    channel_ = std::make_unique<coselect::Channel<std::uint32_t>>(2);
     make_scheduler();
     for (int i = 0; i < kEvents; ++i)
       create_event(i);
@@ -531,12 +553,128 @@ class Harness {
       case kCancel:
         cancel_co(p.next());
         break;
+      case kChTrySend: {
+        const std::uint32_t id = new_channel_value();
+        std::uint32_t v = id;
+        const bool ok = channel_->try_send(v);
+        channel_values_[id].accepted = ok ? 1 : 0;
+        if (channel_closed_) MODEL_CHECK(!ok, "try_send() succeeded after close()");
+        break;
+      }
+      case kChTryReceive:
+        if (auto v = channel_->try_receive()) channel_received(*v);
+        break;
+      case kChCoSend:
+      case kChCoReceive: {
+        const std::uint8_t code = p.next();
+        auto& r = new_co(CoKind::channel_op);
+        if (code % 5 != 4) r.timeout = short_timeout(code);
+        r.handle = sched_->spawn(op == kChCoSend ? channel_sender(r, new_channel_value())
+                                                 : channel_receiver(r));
+        r.has_handle = true;
+        break;
+      }
+      case kChHelperSend: {
+        const int h = helper_arg(p);
+        const std::uint32_t id = new_channel_value();
+        helpers_[h]->post({[this, id] {
+          std::uint32_t v = id;
+          channel_values_[id].accepted = channel_->try_send(v) ? 1 : 0;
+        }});
+        break;
+      }
+      case kChHelperReceive:
+        helpers_[helper_arg(p)]->post({[this] {
+          if (auto v = channel_->try_receive()) channel_received(*v);
+        }});
+        break;
+      case kChClose: {
+        const std::uint8_t code = p.next();
+        if (code % 2 == 0) {
+          channel_->close();
+          channel_closed_ = true;
+        } else {
+          helpers_[(code / 2) % kHelpers]->post({[this] { channel_->close(); }});
+        }
+        break;
+      }
       case kOpCount:
         break;
     }
   }
 
   static int slot_arg(Program& p) { return p.next() % kEvents; }
+
+  // ---- the channel --------------------------------------------------------------------------
+
+  std::uint32_t new_channel_value() { return next_channel_value_++; }
+
+  // Any thread: `id` came out of the channel.
+  void channel_received(std::uint32_t id) {
+    MODEL_CHECK(id > 0 && id < next_channel_value_, "a value nobody sent came out of the channel");
+    const int times = channel_values_[id].received.fetch_add(1) + 1;
+    MODEL_CHECK(times == 1, "a channel value was received twice");
+  }
+
+  Task<void> channel_sender(CoRecord& r, std::uint32_t id) {
+    r.state = CoState::waiting;
+    int accepted = 0;
+    try {
+      if (r.timeout) {
+        const std::optional<bool> ok =
+            co_await coselect::with_timeout(*r.timeout, channel_->send(id));
+        accepted = ok && *ok ? 1 : 0;
+      } else {
+        const bool ok = co_await channel_->send(id);
+        accepted = ok ? 1 : 0;
+      }
+      r.outcome = Outcome::released;
+    } catch (const std::system_error& e) {
+      MODEL_CHECK(e.code() == std::errc::operation_canceled && r.cancel_requested,
+                  "a channel send failed, and not because it was cancelled");
+      r.outcome = Outcome::canceled;
+    }
+    channel_values_[id].accepted = accepted;
+    r.on_loop_thread = on_loop();
+    r.state = CoState::done;
+    MODEL_CHECK(r.on_loop_thread, "a channel sender resumed off its loop thread");
+  }
+
+  Task<void> channel_receiver(CoRecord& r) {
+    r.state = CoState::waiting;
+    try {
+      std::optional<std::uint32_t> v;
+      if (r.timeout) {
+        std::optional<std::optional<std::uint32_t>> got =
+            co_await coselect::with_timeout(*r.timeout, channel_->receive());
+        if (got) v = *got;
+      } else {
+        v = co_await channel_->receive();
+      }
+      if (v) channel_received(*v);
+      r.outcome = Outcome::released;
+    } catch (const std::system_error& e) {
+      MODEL_CHECK(e.code() == std::errc::operation_canceled && r.cancel_requested,
+                  "a channel receive failed, and not because it was cancelled");
+      r.outcome = Outcome::canceled;
+    }
+    r.on_loop_thread = on_loop();
+    r.state = CoState::done;
+    MODEL_CHECK(r.on_loop_thread, "a channel receiver resumed off its loop thread");
+  }
+
+  // The end: every accepted value was received once, no refused one ever.
+  void check_channel() {
+    channel_->close();
+    while (auto v = channel_->try_receive())
+      channel_received(*v);
+    for (std::uint32_t id = 1; id < next_channel_value_; ++id) {
+      const int accepted = channel_values_[id].accepted.load();
+      const int received = channel_values_[id].received.load();
+      if (accepted == 1) MODEL_CHECK(received == 1, "an accepted channel value was lost");
+      if (accepted == 0) MODEL_CHECK(received == 0, "a refused channel value was received");
+    }
+  }
   static int helper_arg(Program& p) { return p.next() % kHelpers; }
   static int handle_arg(Program& p) { return p.next() % kHandleSlots; }
 
@@ -1313,6 +1451,7 @@ class Harness {
     // Release every waiter, then drain timers, jobs and hand-offs.
     for (int i = 0; i < kEvents; ++i)
       do_set(i);
+    channel_->close();  // channel waiters end too
     const auto deadline = Real::now() + kGuard;
     for (;;) {
       sync_all();
@@ -1338,6 +1477,7 @@ class Harness {
       MODEL_CHECK(c->runs == c->model_runs, "a callback ran a different number of times");
     }
     MODEL_CHECK(throws_caught_ == throws_expected_, "an exception from a callback was swallowed");
+    check_channel();
     for (int i = 0; i < kEvents; ++i)
       check_at_rest(i);
 
@@ -1364,6 +1504,11 @@ class Harness {
 
   std::vector<std::unique_ptr<BlockingWait>> blocking_;
   std::vector<std::unique_ptr<CoRecord>> cos_;
+  // Declared before the scheduler goes (finish() resets it first): frames waiting on it unlink.
+  std::unique_ptr<coselect::Channel<std::uint32_t>> channel_;
+  bool channel_closed_ = false;  // by the fuzzing thread
+  std::uint32_t next_channel_value_ = 1;
+  std::array<ChannelValue, kChannelValues> channel_values_{};
   std::vector<std::unique_ptr<Callback>> callbacks_;
   std::array<Callback*, kHandleSlots> handles_{};
   Callback* current_callback_ = nullptr;

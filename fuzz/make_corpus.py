@@ -21,6 +21,8 @@ OPS = [
     "handoff", "run_in_thread",
     "destroy_event", "create_event", "recreate_scheduler", "sync", "run_wake",
     "cancel",
+    "ch_try_send", "ch_try_receive", "ch_co_send", "ch_co_receive", "ch_helper_send",
+    "ch_helper_receive", "ch_close",
 ]
 CODE = {op: i for i, op in enumerate(OPS)}
 ARGS = {  # argument bytes each op reads
@@ -34,6 +36,8 @@ ARGS = {  # argument bytes each op reads
     "handoff": 1, "run_in_thread": 1,
     "destroy_event": 1, "create_event": 1, "recreate_scheduler": 0, "sync": 0, "run_wake": 3,
     "cancel": 1,
+    "ch_try_send": 0, "ch_try_receive": 0, "ch_co_send": 1, "ch_co_receive": 1,
+    "ch_helper_send": 1, "ch_helper_receive": 1, "ch_close": 1,
 }
 MAX_OPS = 128
 
@@ -116,6 +120,21 @@ SEEDS = {
         ("co_wait", 2, UNTIMED_CO), ("sleep", 2), ("run", 0), ("cancel", 1), ("cancel", 3),
         ("helper_set", 0, 2), ("run", 1), ("co_wait", 0, 1), ("run", 0), ("cancel", 4),
         ("sync",), ("run", 2)]),
+    # The channel (capacity 2): values through try_*, coroutine senders and receivers (timed
+    # and untimed) and helpers, cancellations racing hand-offs, a scheduler destroyed with
+    # channel waiters, and close() from the fuzzing thread and from a helper.
+    "seed-18-channel-real": ("real", [
+        ("ch_co_receive", UNTIMED_CO), ("ch_co_receive", 1), ("run", 0), ("ch_try_send",),
+        ("ch_helper_send", 0), ("ch_try_send",), ("ch_try_send",), ("ch_co_send", UNTIMED_CO),
+        ("ch_co_send", 2), ("run", 0), ("cancel", 6), ("ch_helper_receive", 1), ("run", 1),
+        ("ch_try_receive",), ("sync",), ("ch_co_send", UNTIMED_CO), ("run", 0),
+        ("ch_close", 1), ("sync",), ("run", 1), ("ch_try_send",)]),
+    "seed-19-channel-virtual": ("virtual", [
+        ("ch_try_send",), ("ch_try_send",), ("ch_co_send", UNTIMED_CO), ("ch_co_send", 1),
+        ("ch_co_receive", 3), ("run", 0), ("cancel", 2), ("run", 1), ("ch_co_receive", UNTIMED_CO),
+        ("recreate_scheduler",), ("ch_co_receive", UNTIMED_CO), ("ch_co_receive", 2), ("run", 0),
+        ("ch_helper_send", 1), ("sync",), ("run", 1), ("ch_close", 0), ("run", 0),
+        ("ch_try_send",)]),
 }
 
 
