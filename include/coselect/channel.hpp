@@ -41,6 +41,9 @@ namespace coselect {
 //    not matter; one that would suspend throws at once instead.
 //  * T must be move-constructible; move-only types work. The constructor throws
 //    std::invalid_argument for capacity 0.
+//  * A coroutine destroyed while it waits (its scheduler destroyed with it) leaves the queue and
+//    takes nothing, except a value already handed to it that it had not resumed to see: that
+//    value goes with its frame.
 //  * Destroying a channel while coroutines of this thread's scheduler wait on it resumes them
 //    with operation_canceled (values still buffered are destroyed); while coroutines of other
 //    threads or blocked threads wait on it, it is a precondition violation.
