@@ -191,6 +191,34 @@ TEST(Channel, FastPathsIgnoreAPriorStop) {
   EXPECT_EQ(log, (std::vector<std::string>{"sent", "canceled", "got 1", "closed", "drained"}));
 }
 
+// A receive racing a sleep in when_any: the sleep wins, the receive is cancelled and takes
+// nothing; then a receive racing a send from another thread wins with that value.
+TEST(Channel, ReceiveRacesInWhenAnyAndTheLoserTakesNothing) {
+  Scheduler s;
+  Channel<int> ch(1);
+  std::size_t first_winner = 9;
+  std::optional<int> second_value;
+  std::thread sender;
+  auto receive = [&]() -> Task<std::optional<int>> { co_return co_await ch.receive(); };
+  auto nap = [](Scheduler::duration d) -> Task<void> { co_await coselect::sleep_for(d); };
+  auto main = [&]() -> Task<void> {
+    auto first = co_await coselect::when_any(receive(), nap(1ms));
+    first_winner = first.index();
+    int v = 5;
+    EXPECT_TRUE(ch.try_send(v));  // the cancelled receive left no trace: the value is buffered
+    EXPECT_EQ(ch.size(), 1u);
+    std::optional<int> buffered = co_await ch.receive();
+    sender = std::thread([&] { ch.send_blocking(buffered.value_or(0) + 1); });
+    auto second = co_await coselect::when_any(receive(), nap(1h));
+    if (second.index() == 0) second_value = std::get<0>(second);
+  };
+  s.run(main());
+  sender.join();
+  EXPECT_EQ(first_winner, 1u);
+  EXPECT_EQ(second_value, std::optional<int>(6));
+  EXPECT_EQ(ch.size(), 0u);
+}
+
 // ---- waiting: hand-off, back-pressure, FIFO --------------------------------------------------
 
 // A value sent while a receiver waits passes straight to it: nothing is buffered.
