@@ -81,8 +81,10 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   }
   // A JoinHandle lets go. `on_owner_loop`: the caller runs the loop that owns the frame, so
   // the frame cannot let go of its own reference concurrently (it does so only on that thread).
+  // Only while the frame lives (not done) do 2 references mean "the frame and this handle": once
+  // it is gone they are two handles, and the other may be released on another thread right now.
   void release_handle(bool on_owner_loop) noexcept {
-    if (on_owner_loop && refs_.load(std::memory_order_relaxed) == 2) {
+    if (on_owner_loop && !done() && refs_.load(std::memory_order_relaxed) == 2) {
       refs_.store(1,
                   std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
       return;
