@@ -71,13 +71,7 @@ long thread_id() {
   return ::syscall(SYS_gettid);
 }
 
-// A virtual-time scheduler: sleeps decide the order in which children finish.
-struct VirtualLoop {
-  coselect::TimeMachine tm;
-  Scheduler s{tm};
-  Scheduler::time_point t0 = s.now();
-  Scheduler::duration elapsed() const { return s.now() - t0; }
-};
+using coselect_test::VirtualLoop;  // sleeps decide the order in which children finish
 
 template <class T>
 Task<T> value_after(Scheduler::duration d, T value) {

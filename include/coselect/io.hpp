@@ -7,6 +7,7 @@
 #include <coroutine>
 #include <system_error>
 
+#include "detail/cancel_point.hpp"
 #include "detail/reactor.hpp"
 #include "detail/syscall.hpp"
 #include "scheduler.hpp"
@@ -26,9 +27,13 @@ class fd_awaiter {
     node_.fd = fd;
     node_.for_write = for_write;
   }
-  fd_awaiter(const fd_awaiter&) = delete;
+  fd_awaiter(fd_awaiter&& other) noexcept : timeout_(other.timeout_) {
+    node_.fd = other.node_.fd;
+    node_.for_write = other.node_.for_write;
+  }
   fd_awaiter& operator=(const fd_awaiter&) = delete;
   ~fd_awaiter() {
+    cancel_.disarm();
     if (node_.linked) scheduler_access::reactor(*scheduler_).remove(node_);
     if (node_.armed()) scheduler_access::remove_timer(*scheduler_, node_);
   }
@@ -43,7 +48,10 @@ class fd_awaiter {
     return false;
   }
 
-  void await_suspend(std::coroutine_handle<> h) {
+  template <class Promise>
+  void await_suspend(std::coroutine_handle<Promise> h) {
+    const std::stop_token* token = stop_token_of(h);
+    cancel_point::check(token, kCanceled);
     node_.handle = h;
     scheduler_access::reactor(*scheduler_).add(node_);
     if (timeout_) {
@@ -58,9 +66,11 @@ class fd_awaiter {
       };
       scheduler_access::add_timer(*scheduler_, node_);
     }
+    cancel_.arm(token, scheduler_access::hooks(*scheduler_), &on_cancel, this);
   }
 
-  bool await_resume() const {
+  bool await_resume() {
+    cancel_.end(stopped_, kCanceled);
     if (node_.outcome == wait_outcome::canceled) {
       throw std::system_error(std::make_error_code(std::errc::operation_canceled),
                               "coselect: Scheduler::cancel_io() on the awaited fd");
@@ -77,6 +87,18 @@ class fd_awaiter {
     Scheduler* owner = nullptr;
   };
 
+  static constexpr const char* kCanceled = "coselect::readable()/writable() canceled";
+
+  static void on_cancel(void* self) noexcept {
+    auto& a = *static_cast<fd_awaiter*>(self);
+    if (!a.node_.linked) return;  // ready, failed or timed out first: that stands
+    scheduler_access::reactor(*a.scheduler_).remove(a.node_);
+    if (a.node_.armed()) scheduler_access::remove_timer(*a.scheduler_, a.node_);
+    a.node_.outcome = wait_outcome::canceled;
+    a.stopped_ = true;
+    scheduler_access::make_ready(*a.scheduler_, a.node_.handle);
+  }
+
   bool poll_now() const { return ready_now(node_.fd, node_.for_write); }
 
   // One poll() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
@@ -90,15 +112,20 @@ class fd_awaiter {
   std::optional<std::chrono::nanoseconds> timeout_;
   Scheduler* scheduler_ = nullptr;
   waiter node_;
+  cancel_point cancel_;
+  bool stopped_ = false;  // cancelled by a stop request (not cancel_io)
 };
 
 // co_await of the untimed forms yields void.
 struct untimed_fd_awaiter : fd_awaiter {
   using fd_awaiter::fd_awaiter;
-  void await_resume() const { (void)fd_awaiter::await_resume(); }
+  void await_resume() { (void)fd_awaiter::await_resume(); }
 };
 
 }  // namespace detail
+
+// Cancellation points (DESIGN.md §8), all four: a stop while waiting unlinks the waiter from the
+// reactor (and its timeout from the timers) and throws operation_canceled; the fd is untouched.
 
 // co_await readable(fd): resumes on this scheduler once fd is readable.
 inline detail::untimed_fd_awaiter readable(int fd) noexcept {

@@ -20,10 +20,12 @@
 
 #include "backend.hpp"
 #include "clock.hpp"
+#include "detail/cancel_point.hpp"
 #include "detail/reactors.hpp"
 #include "detail/timer_heap.hpp"
 #include "detail/wait_node.hpp"
 #include "dispatcher.hpp"
+#include "join_handle.hpp"
 #include "task.hpp"
 #include "task_manager.hpp"
 #include "waitable_event.hpp"
@@ -47,7 +49,10 @@ struct scheduler_access;
 //    spinning, no polling interval, whatever the number of fds open.
 //  * Other threads wake a blocked loop through the loop's own WaitableEvent.
 //  * An exception escaping a spawned task or a TaskManager callback is never swallowed: by
-//    default the running run* stops and rethrows it (set_exception_handler changes that).
+//    default the running run* stops and rethrows it (set_exception_handler changes that). A
+//    spawned task ending with operation_canceled after its JoinHandle::cancel() did not fail.
+//  * Stop requests from other threads for coroutines waiting on this loop go through its cancel
+//    inbox and wake it; the coroutines resume here (detail/cancel_point.hpp).
 //  * Schedulers share no state. Destroying one destroys the coroutine frames it owns (spawned
 //    tasks, and a run(task) that was stopped before finishing); it must not be running. It
 //    first waits for run_in_thread jobs its coroutines started that are still running on pool
@@ -163,19 +168,10 @@ class Scheduler final : private detail::loop_hooks,
     wake_.set();
   }
 
-  // Starts `t` on the loop (never inline), detached: the scheduler owns its frame.
-  void spawn(Task<void> t) {
-    if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
-    auto frame = t.release();
-    if (on_loop_thread()) {
-      adopt(frame);
-      ready_.push_back(frame);
-      return;
-    }
-    std::lock_guard lock(spawn_mutex_);  // wake under the lock: see TaskManager::resume
-    spawn_inbox_.push_back(frame);
-    wake_.set();
-  }
+  // Starts `t` on the loop (never inline), detached: the scheduler owns its frame. Any thread.
+  // The task runs under a stop token of its own, which only the returned handle (or a copy of
+  // it) stops; dropping the handle neither cancels nor detaches anything more than it was.
+  JoinHandle spawn(Task<void> t) { return spawn_under(std::move(t), nullptr); }
 
   TaskManager& tasks() noexcept { return tasks_; }
 
@@ -211,6 +207,25 @@ class Scheduler final : private detail::loop_hooks,
   Scheduler(TimeMachine* machine, Backend backend)
       : clock_(machine), tasks_(*this), reactor_(detail::make_reactor(backend)) {
     reactor_->pin(detail::event_access::read_fd(wake_));
+  }
+
+  // spawn(), with `token` (if not null) instead of a token of the task's own: TaskGroup.
+  JoinHandle spawn_under(Task<void> t, const std::stop_token* token) {
+    if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
+    auto frame = t.release();
+    detail::frame_header& header = detail::frame_header::of(frame.address());
+    frame.promise().header = &header;
+    frame.promise().stop_token = token;
+    JoinHandle handle(header);  // before the frame is published: it may finish at once
+    if (on_loop_thread()) {
+      adopt(frame);
+      ready_.push_back(frame);
+      return handle;
+    }
+    std::lock_guard lock(spawn_mutex_);  // wake under the lock: see TaskManager::resume
+    spawn_inbox_.push_back(frame);
+    wake_.set();
+    return handle;
   }
 
   // ---- the run loop ---------------------------------------------------------------------
@@ -302,6 +317,7 @@ class Scheduler final : private detail::loop_hooks,
       for (auto h : posted_)
         ready_.push_back(h);
       posted_.clear();
+      deliver_queued_cancels();
     }
     wake_generation_ = detail::event_access::generation(detail::event_access::load(wake_));
   }
@@ -554,6 +570,43 @@ class Scheduler final : private detail::loop_hooks,
   }
   void dispatch_failed(std::exception_ptr e) noexcept override { report_failure(e); }
 
+  // ---- stop requests from other threads (loop_hooks) ---------------------------------------
+
+  void queue_cancel(detail::cancel_point& c) noexcept override {
+    std::lock_guard lock(cancel_mutex_);  // wake under the lock: see TaskManager::resume
+    c.inbox_prev = nullptr;
+    c.inbox_next = cancel_inbox_;
+    if (cancel_inbox_ != nullptr) cancel_inbox_->inbox_prev = &c;
+    cancel_inbox_ = &c;
+    c.queued_.store(true, std::memory_order_release);
+    wake_.set();
+  }
+
+  void unqueue_cancel(detail::cancel_point& c) noexcept override {
+    std::lock_guard lock(cancel_mutex_);
+    if (!c.queued_.load(std::memory_order_relaxed)) return;
+    (c.inbox_prev != nullptr ? c.inbox_prev->inbox_next : cancel_inbox_) = c.inbox_next;
+    if (c.inbox_next != nullptr) c.inbox_next->inbox_prev = c.inbox_prev;
+    c.queued_.store(false, std::memory_order_relaxed);
+  }
+
+  // Runs the queued stop requests here, on the loop thread. Each point stays valid until its
+  // awaiter disarms it, which happens on this thread too: not before we are done with it.
+  void deliver_queued_cancels() noexcept {
+    detail::cancel_point* list = nullptr;
+    {
+      std::lock_guard lock(cancel_mutex_);
+      list = std::exchange(cancel_inbox_, nullptr);
+      for (detail::cancel_point* c = list; c != nullptr; c = c->inbox_next)
+        c->queued_.store(false, std::memory_order_relaxed);
+    }
+    while (list != nullptr) {
+      detail::cancel_point* c = list;
+      list = c->inbox_next;
+      c->deliver();
+    }
+  }
+
   // ---- task_host --------------------------------------------------------------------------
 
   bool on_loop_thread() const noexcept override {
@@ -562,6 +615,7 @@ class Scheduler final : private detail::loop_hooks,
   void wake() noexcept override { wake_.set(); }
   const detail::clock_source& time_source() const noexcept override { return clock_; }
   void make_ready(std::coroutine_handle<> h) override { ready_.push_back(h); }
+  void resume_soon(std::coroutine_handle<> h) override { tasks_.resume(h); }
 
   // ---- owned frames (task_owner) ----------------------------------------------------------
 
@@ -607,8 +661,13 @@ class Scheduler final : private detail::loop_hooks,
       return;  // run() takes the result and frees the frame
     }
     unlink_owned(p);
-    if (p.exception) report_failure(p.exception);
+    if (p.exception && !ended_by_own_cancel(p)) report_failure(p.exception);
     frame.destroy();
+  }
+
+  static bool ended_by_own_cancel(const detail::task_promise_base& p) noexcept {
+    return p.header != nullptr && p.header->cancel_requested() &&
+           detail::is_operation_canceled(p.exception);
   }
 
   // A root task that run() gives up on stays alive as a spawned task: its frame may still be
@@ -658,6 +717,9 @@ class Scheduler final : private detail::loop_hooks,
   detail::event_watch* watched_head_ = nullptr;
   std::unordered_map<const WaitableEvent*, std::unique_ptr<detail::event_watch>> secondary_watches_;
 
+  std::mutex cancel_mutex_;
+  detail::cancel_point* cancel_inbox_ = nullptr;  // guarded by cancel_mutex_
+
   std::mutex spawn_mutex_;
   std::vector<std::coroutine_handle<detail::task_promise<void>>> spawn_inbox_;
   std::vector<std::coroutine_handle<detail::task_promise<void>>> spawned_;
@@ -682,6 +744,10 @@ struct scheduler_access {
     return *s;
   }
   static void make_ready(Scheduler& s, std::coroutine_handle<> h) { s.ready_.push_back(h); }
+  static loop_hooks& hooks(Scheduler& s) noexcept { return s; }
+  static JoinHandle spawn_under(Scheduler& s, Task<void> t, const std::stop_token* token) {
+    return s.spawn_under(std::move(t), token);
+  }
   static void add_timer(Scheduler& s, timer_node& t) { s.timers_.push(t); }
   static void remove_timer(Scheduler& s, timer_node& t) noexcept { s.timers_.remove(t); }
   static detail::reactor& reactor(Scheduler& s) noexcept { return *s.reactor_; }

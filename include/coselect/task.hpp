@@ -3,11 +3,15 @@
 
 #include <atomic>
 #include <coroutine>
+#include <cstddef>
 #include <exception>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
 #include <variant>
+
+#include "detail/cancel_point.hpp"
+#include "detail/frame_header.hpp"
 
 namespace coselect {
 
@@ -35,7 +39,12 @@ class task_owner {
 // carry on in its own stack frame (so a loop of a million synchronous co_awaits uses constant
 // stack even where GCC does not turn symmetric transfer into a tail call: -O0, ASan), and one
 // that finished later, on any thread, resumes the awaiter by symmetric transfer.
-struct task_promise_base {
+//
+// Stop tokens (DESIGN.md §8): `stop_token` points at the token of whoever awaits the task (the
+// awaiter copies the pointer), so awaiting costs one pointer copy. A spawned task points at its
+// own join_control's token, created when it first runs if a JoinHandle to it still exists (or
+// earlier, by JoinHandle::cancel()); otherwise it stays null: nothing could ever stop it.
+struct task_promise_base : stop_token_holder {
   std::coroutine_handle<> continuation{};
   std::atomic<bool> handed_off{false};
   std::exception_ptr exception{};
@@ -43,8 +52,27 @@ struct task_promise_base {
   task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
   task_promise_base* owned_prev = nullptr;
   std::coroutine_handle<> owned_frame{};  // this frame, type-erased, while owned
+  frame_header* header = nullptr;         // set when spawned: what its JoinHandles refer to
 
-  std::suspend_always initial_suspend() const noexcept { return {}; }
+  task_promise_base() = default;
+  task_promise_base(const task_promise_base&) = delete;
+  task_promise_base& operator=(const task_promise_base&) = delete;
+  ~task_promise_base() {
+    if (header != nullptr) header->finish();
+  }
+
+  static void* operator new(std::size_t size) { return frame_header::allocate(size); }
+  static void operator delete(void* frame) noexcept { frame_header::deallocate(frame); }
+
+  struct initial_awaiter {
+    task_promise_base& promise;
+    bool await_ready() const noexcept { return false; }
+    void await_suspend(std::coroutine_handle<>) const noexcept {}
+    void await_resume() const {
+      if (promise.header != nullptr && promise.stop_token == nullptr) promise.take_own_token();
+    }
+  };
+  initial_awaiter initial_suspend() noexcept { return {*this}; }
 
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
@@ -65,6 +93,15 @@ struct task_promise_base {
   final_awaiter final_suspend() const noexcept { return {}; }
 
   void unhandled_exception() noexcept { exception = std::current_exception(); }
+
+  // A spawned task starts: it gets a stop token of its own if a JoinHandle could still stop it.
+  void take_own_token() {
+    if (join_control* c = header->control()) {
+      stop_token = &c->token;
+    } else if (header->has_other_references()) {
+      stop_token = &header->control_or_create().token;
+    }
+  }
 
   // Starts this (lazy) task on behalf of `awaiting`; returns whether `awaiting` must suspend
   // (false: the task already finished, carry on).
@@ -106,7 +143,9 @@ struct task_promise<void> : task_promise_base {
 //
 // Contract: nothing runs until the task is co_awaited, handed to Scheduler::run, or spawned.
 // `co_await task` starts it by symmetric transfer and resumes the awaiter, on whatever thread
-// the task finished on, with its value or its exception. Move-only; destroying a Task that has
+// the task finished on, with its value or its exception. The task runs under the stop token of
+// the awaiting coroutine (DESIGN.md §8); awaiting a task is not itself a cancellation point
+// (its own awaits are). Move-only; destroying a Task that has
 // not finished destroys its frame (and, through the frame, the tasks it awaits). Not
 // thread-safe: one owner at a time.
 template <class T>
@@ -143,7 +182,11 @@ class [[nodiscard]] Task {
   struct awaiter {
     std::coroutine_handle<promise_type> frame;
     bool await_ready() const noexcept { return !frame || frame.done(); }
-    bool await_suspend(std::coroutine_handle<> awaiting) const {
+    template <class Promise>
+    bool await_suspend(std::coroutine_handle<Promise> awaiting) const {
+      if constexpr (std::is_base_of_v<detail::stop_token_holder, Promise>) {
+        frame.promise().stop_token = awaiting.promise().stop_token;  // the task inherits it
+      }
       return frame.promise().start_awaited_by(frame, awaiting);
     }
     T await_resume() const {

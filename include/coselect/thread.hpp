@@ -10,6 +10,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <stop_token>
 #include <system_error>
 #include <thread>
 #include <type_traits>
@@ -119,7 +120,10 @@ struct resume_on_awaiter {
 template <class F>
 class run_in_thread_awaiter {
  public:
-  using result_type = std::invoke_result_t<F&>;
+  static constexpr bool takes_token = std::is_invocable_v<F&, std::stop_token>;
+  using result_type =
+      typename std::conditional_t<takes_token, std::invoke_result<F&, std::stop_token>,
+                                  std::invoke_result<F&>>::type;
 
   run_in_thread_awaiter(F f, ThreadPool& pool) : function_(std::move(f)), pool_(pool) {}
   run_in_thread_awaiter(const run_in_thread_awaiter&) = delete;
@@ -130,7 +134,11 @@ class run_in_thread_awaiter {
     return false;
   }
 
-  void await_suspend(std::coroutine_handle<> h) {
+  template <class Promise>
+  void await_suspend(std::coroutine_handle<Promise> h) {
+    // Not a cancellation point: f gets the awaiting coroutine's token (if it takes one), which
+    // a std::stop_token copy shares, so it is stopped exactly when the coroutine's is.
+    if (const std::stop_token* t = stop_token_of(h)) token_ = *t;
     // Virtual time must not jump while a thread does real work for this loop: that count drops
     // in await_resume, on the loop thread. The job count keeps the scheduler (and with it this
     // frame) alive until the worker's last touch: ~Scheduler waits for it.
@@ -140,10 +148,10 @@ class run_in_thread_awaiter {
       pool_.submit([this, h, loop = scheduler_] {
         try {
           if constexpr (std::is_void_v<result_type>) {
-            function_();
+            call();
             result_.template emplace<1>();
           } else {
-            result_.template emplace<1>(function_());
+            result_.template emplace<1>(call());
           }
         } catch (...) {
           result_.template emplace<2>(std::current_exception());
@@ -167,7 +175,16 @@ class run_in_thread_awaiter {
  private:
   using stored = std::conditional_t<std::is_void_v<result_type>, std::monostate, result_type>;
 
+  result_type call() {
+    if constexpr (takes_token) {
+      return function_(token_);
+    } else {
+      return function_();
+    }
+  }
+
   F function_;
+  std::stop_token token_;
   ThreadPool& pool_;
   Scheduler* scheduler_ = nullptr;
   std::variant<std::monostate, stored, std::exception_ptr> result_;
@@ -182,6 +199,8 @@ inline detail::resume_on_awaiter resume_on(Scheduler& target) noexcept {
 
 // co_await run_in_thread(f): runs blocking f on a pool thread and resumes on this scheduler's
 // thread with its result or exception. Calls in flight run in parallel, up to the pool's size.
+// Not a cancellation point: f always runs to its end. If f is invocable with a std::stop_token,
+// it gets one that is (or becomes) stopped when the awaiting coroutine's token is.
 template <class F>
 detail::run_in_thread_awaiter<std::decay_t<F>> run_in_thread(F&& f) {
   return {std::forward<F>(f), ThreadPool::shared()};

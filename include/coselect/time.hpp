@@ -4,6 +4,7 @@
 #include <chrono>
 #include <coroutine>
 
+#include "detail/cancel_point.hpp"
 #include "detail/syscall.hpp"
 #include "scheduler.hpp"
 
@@ -22,9 +23,11 @@ class sleep_awaiter {
     return sleep_awaiter({}, d, false);
   }
 
-  sleep_awaiter(const sleep_awaiter&) = delete;
+  sleep_awaiter(sleep_awaiter&& other) noexcept
+      : deadline_(other.deadline_), delay_(other.delay_), absolute_(other.absolute_) {}
   sleep_awaiter& operator=(const sleep_awaiter&) = delete;
   ~sleep_awaiter() {
+    cancel_.disarm();
     if (node_.armed()) scheduler_access::remove_timer(*scheduler_, node_);
   }
 
@@ -32,7 +35,10 @@ class sleep_awaiter {
     scheduler_ = &scheduler_access::current_or_throw("sleep_for()/sleep_until()");
     return false;
   }
-  void await_suspend(std::coroutine_handle<> h) {
+  template <class Promise>
+  void await_suspend(std::coroutine_handle<Promise> h) {
+    const std::stop_token* token = stop_token_of(h);
+    cancel_point::check(token, kCanceled);
     node_.handle = h;
     node_.due = absolute_ ? deadline_ : saturating_add<Scheduler::clock>(scheduler_->now(), delay_);
     node_.fire = [](timer_node& t, loop_hooks&) noexcept {
@@ -41,10 +47,21 @@ class sleep_awaiter {
     };
     node_.owner = scheduler_;
     scheduler_access::add_timer(*scheduler_, node_);
+    cancel_.arm(token, scheduler_access::hooks(*scheduler_), &on_cancel, this);
   }
-  void await_resume() const noexcept {}
+  void await_resume() { cancel_.end(canceled_, kCanceled); }
 
  private:
+  static constexpr const char* kCanceled = "coselect::sleep_for()/sleep_until() canceled";
+
+  static void on_cancel(void* self) noexcept {
+    auto& a = *static_cast<sleep_awaiter*>(self);
+    if (!a.node_.armed()) return;  // the deadline passed first
+    scheduler_access::remove_timer(*a.scheduler_, a.node_);
+    a.canceled_ = true;
+    scheduler_access::make_ready(*a.scheduler_, a.node_.handle);
+  }
+
   struct sleeper : timer_node {
     std::coroutine_handle<> handle{};
     Scheduler* owner = nullptr;
@@ -58,36 +75,63 @@ class sleep_awaiter {
   bool absolute_;
   Scheduler* scheduler_ = nullptr;
   sleeper node_;
+  cancel_point cancel_;
+  bool canceled_ = false;
 };
 
 // Goes to the back of the ready queue: everything ready now, and the loop's fd and timer
 // checks, run before the coroutine continues.
-struct yield_awaiter {
-  Scheduler* scheduler = nullptr;
+class yield_awaiter {
+ public:
+  yield_awaiter() noexcept = default;
+  yield_awaiter(yield_awaiter&&) noexcept {}
+  yield_awaiter& operator=(const yield_awaiter&) = delete;
+
   bool await_ready() {
-    scheduler = &scheduler_access::current_or_throw("yield_now()");
+    scheduler_ = &scheduler_access::current_or_throw("yield_now()");
     return false;
   }
-  void await_suspend(std::coroutine_handle<> h) { scheduler_access::make_ready(*scheduler, h); }
-  void await_resume() const noexcept {}
+  template <class Promise>
+  void await_suspend(std::coroutine_handle<Promise> h) {
+    const std::stop_token* token = stop_token_of(h);
+    cancel_point::check(token, kCanceled);
+    scheduler_access::make_ready(*scheduler_, h);
+    cancel_.arm(token, scheduler_access::hooks(*scheduler_), &on_cancel, this);
+  }
+  void await_resume() { cancel_.end(canceled_, kCanceled); }
+
+ private:
+  static constexpr const char* kCanceled = "coselect::yield_now() canceled";
+
+  // Still queued to resume: it resumes canceled (a stop on the loop thread takes effect at once).
+  static void on_cancel(void* self) noexcept {
+    static_cast<yield_awaiter*>(self)->canceled_ = true;
+  }
+
+  Scheduler* scheduler_ = nullptr;
+  cancel_point cancel_;
+  bool canceled_ = false;
 };
 
 }  // namespace detail
 
 // co_await sleep_for(d): resumes on the same scheduler once its clock has advanced by d
-// (never early). d <= 0 still lets the loop turn once.
+// (never early). d <= 0 still lets the loop turn once. Cancellation point (DESIGN.md §8): a stop
+// while sleeping removes the timer and throws operation_canceled.
 template <class Rep, class Period>
 detail::sleep_awaiter sleep_for(std::chrono::duration<Rep, Period> d) noexcept {
   return detail::sleep_awaiter::after(detail::saturating_ns(d));
 }
 
-// co_await sleep_until(t): resumes once the scheduler's clock reaches t.
+// co_await sleep_until(t): resumes once the scheduler's clock reaches t. Cancellation point, as
+// sleep_for.
 inline detail::sleep_awaiter sleep_until(Scheduler::time_point t) noexcept {
   return detail::sleep_awaiter::until(t);
 }
 
 // co_await yield_now(): lets every other ready coroutine, and the loop's I/O and timer checks,
-// run before continuing.
+// run before continuing. Cancellation point: a stop requested before it resumes (on the loop
+// thread: even in the same turn) makes it throw operation_canceled.
 inline detail::yield_awaiter yield_now() noexcept {
   return {};
 }

@@ -11,7 +11,9 @@
 #include <string>
 #include <system_error>
 #include <thread>
+#include <utility>
 
+#include "detail/cancel_point.hpp"
 #include "detail/syscall.hpp"
 #include "detail/wait_node.hpp"
 
@@ -178,8 +180,12 @@ class WaitableEvent {
   }
 
   // co_await ev.wait(): resumes (on the awaiting coroutine's scheduler) once the event is set.
+  // Cancellation point (DESIGN.md §8): a stop of the awaiting coroutine's token while it waits
+  // unlinks the waiter and throws operation_canceled, leaving the event as it was; a set()
+  // racing with the stop resumes it once, with one of the two outcomes.
   wait_awaiter wait() noexcept;
   // co_await ev.wait(timeout): true if set, false if the timeout passed first; <= 0 polls.
+  // Cancellation point like wait(): a stop while waiting also disarms the timeout.
   template <class Rep, class Period>
   timed_wait_awaiter wait(std::chrono::duration<Rep, Period> timeout) noexcept;
 
@@ -352,13 +358,14 @@ struct event_access {
 }  // namespace detail
 
 // Awaiter of `co_await ev.wait()`. Lives in the awaiting frame; if the frame is destroyed while
-// waiting, it unlinks itself from the loop.
+// waiting, it unlinks itself from the loop. Movable until awaited.
 class WaitableEvent::wait_awaiter {
  public:
   explicit wait_awaiter(WaitableEvent& ev) noexcept : event_(ev) {}
-  wait_awaiter(const wait_awaiter&) = delete;
+  wait_awaiter(wait_awaiter&& other) noexcept : event_(other.event_) {}
   wait_awaiter& operator=(const wait_awaiter&) = delete;
   ~wait_awaiter() {
+    cancel_.disarm();
     if (node_.watch != nullptr) loop_->remove_event_waiter(node_);
   }
 
@@ -371,31 +378,51 @@ class WaitableEvent::wait_awaiter {
     return true;
   }
 
-  bool await_suspend(std::coroutine_handle<> h) {
+  template <class Promise>
+  bool await_suspend(std::coroutine_handle<Promise> h) {
     const std::uint64_t s = detail::event_access::load(event_);
     if (detail::event_access::is_set(s)) {
       node_.outcome = detail::wait_outcome::released;
       return false;
     }
+    const std::stop_token* token = detail::stop_token_of(h);
+    detail::cancel_point::check(token, kStopped);
     node_.handle = h;
     node_.generation = detail::event_access::generation(s);
     loop_->add_event_waiter(event_, node_);
+    cancel_.arm(token, *loop_, &on_cancel, this);
     return true;
   }
 
-  void await_resume() const { throw_if_canceled(); }
+  void await_resume() { end_wait(); }
 
  protected:
-  void throw_if_canceled() const {
-    if (node_.outcome == detail::wait_outcome::canceled) {
-      throw std::system_error(std::make_error_code(std::errc::operation_canceled),
-                              "coselect::WaitableEvent destroyed while a coroutine waited on it");
-    }
+  static constexpr const char* kStopped = "coselect::WaitableEvent::wait() canceled";
+
+  // Every way out of a wait: no stop request can arrive any more; throws if canceled.
+  void end_wait() {
+    cancel_.disarm();
+    if (node_.outcome != detail::wait_outcome::canceled) return;
+    if (stopped_) detail::throw_operation_canceled(kStopped);
+    throw std::system_error(std::make_error_code(std::errc::operation_canceled),
+                            "coselect::WaitableEvent destroyed while a coroutine waited on it");
   }
 
   WaitableEvent& event_;
   detail::loop_hooks* loop_ = nullptr;
   detail::event_waiter node_;
+  detail::cancel_point cancel_;
+  bool stopped_ = false;
+
+ private:
+  static void on_cancel(void* self) noexcept {
+    auto& a = *static_cast<wait_awaiter*>(self);
+    if (a.node_.watch == nullptr) return;  // already released (or timed out): that stands
+    a.loop_->remove_event_waiter(a.node_);
+    a.node_.outcome = detail::wait_outcome::canceled;
+    a.stopped_ = true;
+    a.loop_->make_ready(a.node_.handle);
+  }
 };
 
 // Awaiter of `co_await ev.wait(timeout)`: true if set, false on timeout.
@@ -403,6 +430,8 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
  public:
   timed_wait_awaiter(WaitableEvent& ev, std::chrono::nanoseconds timeout) noexcept
       : wait_awaiter(ev), timeout_(timeout) {}
+  timed_wait_awaiter(timed_wait_awaiter&& other) noexcept
+      : wait_awaiter(std::move(other)), timeout_(other.timeout_) {}
 
   bool await_ready() {
     if (wait_awaiter::await_ready()) return true;
@@ -411,14 +440,15 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
     return true;
   }
 
-  bool await_suspend(std::coroutine_handle<> h) {
+  template <class Promise>
+  bool await_suspend(std::coroutine_handle<Promise> h) {
     node_.has_deadline = true;
     node_.due = detail::saturating_add<std::chrono::steady_clock>(loop_->now(), timeout_);
     return wait_awaiter::await_suspend(h);
   }
 
-  bool await_resume() const {
-    throw_if_canceled();
+  bool await_resume() {
+    end_wait();
     return node_.outcome == detail::wait_outcome::released;
   }
 

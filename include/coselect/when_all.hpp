@@ -14,6 +14,7 @@
 #include <variant>
 #include <vector>
 
+#include "detail/cancel_point.hpp"
 #include "task.hpp"
 
 namespace coselect {
@@ -86,6 +87,37 @@ when_all_notifier notify_when_done(Task<T>& task) {
   co_await completion_of<T>{task};
 }
 
+// Children run under `token` (the combinator's caller's, or when_any's own).
+template <class T>
+void run_under(Task<T>& task, const std::stop_token* token) noexcept {
+  if (task.valid()) task.handle().promise().stop_token = token;
+}
+
+template <class T>
+struct is_task : std::false_type {};
+template <class T>
+struct is_task<Task<T>> : std::true_type {};
+
+// Anything a range-for can walk whose elements are Tasks: standard containers and views, and
+// range-v3 views (whose iterators need not model the std::ranges concepts).
+template <class Range>
+using range_task_t = std::remove_cvref_t<decltype(*std::begin(std::declval<Range&>()))>;
+template <class Range>
+concept task_range = requires(Range& r) {
+  std::begin(r) != std::end(r);
+}
+&&is_task<range_task_t<Range>>::value;
+
+// Moves the tasks out of `range` (an lvalue range is left holding empty tasks).
+template <task_range Range>
+auto collect_tasks(Range&& range) {
+  std::vector<range_task_t<Range>> tasks;
+  if constexpr (std::ranges::sized_range<Range>) tasks.reserve(std::ranges::size(range));
+  for (auto&& t : range)
+    tasks.push_back(std::move(t));
+  return tasks;
+}
+
 // Starts every child and suspends the parent until all have finished.
 struct when_all_starter {
   std::vector<when_all_notifier>& notifiers;
@@ -123,13 +155,16 @@ void rethrow_failure(Task<T>& task) {
 
 }  // namespace detail
 
-// co_await when_all(t1, t2, ...): runs the tasks concurrently and yields a tuple of their
-// results (std::monostate for Task<void>). If any failed, rethrows the first failure in
+// co_await when_all(t1, t2, ...): runs the tasks concurrently, under the awaiting coroutine's
+// stop token, and yields a tuple of their results (std::monostate for Task<void>). Not itself
+// a cancellation point. If any failed, rethrows the first failure in
 // argument order, after all have finished. The children run where their awaits take them;
 // the awaiting coroutine continues on the thread where the last one finished (its own, if all
 // finished before it suspended).
 template <class... Ts>
 Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
+  detail::stop_token_holder* self = co_await detail::own_token_holder{};
+  (detail::run_under(tasks, self->stop_token), ...);
   std::vector<detail::when_all_notifier> notifiers;
   notifiers.reserve(sizeof...(Ts));
   (notifiers.push_back(detail::notify_when_done(tasks)), ...);
@@ -146,10 +181,13 @@ namespace detail {
 template <class T>
 Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks(
     std::vector<Task<T>> tasks) {
+  stop_token_holder* self = co_await own_token_holder{};
   std::vector<when_all_notifier> notifiers;
   notifiers.reserve(tasks.size());
-  for (Task<T>& t : tasks)
+  for (Task<T>& t : tasks) {
+    run_under(t, self->stop_token);
     notifiers.push_back(notify_when_done(t));
+  }
   when_all_latch latch(tasks.size());
   co_await when_all_starter{notifiers, latch};
   for (Task<T>& t : tasks)
@@ -168,18 +206,12 @@ Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks
 }  // namespace detail
 
 // co_await when_all(range of Task<T>): a std::vector<T> in the range's order (void for
-// Task<void>). The tasks are moved out of the range when when_all is called.
-template <std::ranges::input_range Range>
-requires requires(std::ranges::range_value_t<Range>& t) {
-  t.release();
-}
+// Task<void>). Any input range of tasks works, range-v3 views included; the tasks are moved out
+// of the range when when_all is called.
+template <detail::task_range Range>
 auto when_all(Range&& range) {
-  using T = typename std::ranges::range_value_t<Range>::value_type;
-  std::vector<Task<T>> tasks;
-  if constexpr (std::ranges::sized_range<Range>) tasks.reserve(std::ranges::size(range));
-  for (auto&& t : range)
-    tasks.push_back(std::move(t));
-  return detail::when_all_tasks<T>(std::move(tasks));
+  using T = typename detail::range_task_t<Range>::value_type;
+  return detail::when_all_tasks<T>(detail::collect_tasks(std::forward<Range>(range)));
 }
 
 }  // namespace coselect

@@ -10,6 +10,7 @@
 #include <cerrno>
 #include <chrono>
 #include <concepts>
+#include <coroutine>
 #include <cstddef>
 #include <string>
 #include <system_error>
@@ -72,6 +73,68 @@ struct Pipe {
     EXPECT_EQ(::write(write_end, data.data(), data.size()), static_cast<ssize_t>(data.size()));
   }
 };
+
+// co_await sleep_ignoring_stop(d): sleeps like sleep_for(d) on the current scheduler, but is not
+// a cancellation point (an awaitable of the program's own, through a TaskManager timer): for
+// tasks that must go on working after a stop.
+class sleep_ignoring_stop {
+ public:
+  explicit sleep_ignoring_stop(coselect::Scheduler::duration d) : delay_(d) {}
+  bool await_ready() const noexcept { return false; }
+  void await_suspend(std::coroutine_handle<> h) const {
+    coselect::Scheduler& s = *coselect::Scheduler::current();
+    s.tasks().call_later(delay_, [&s, h] { s.tasks().resume(h); });
+  }
+  void await_resume() const noexcept {}
+
+ private:
+  coselect::Scheduler::duration delay_;
+};
+
+// A virtual-time scheduler: sleeps decide the order in which things happen, exactly.
+struct VirtualLoop {
+  coselect::TimeMachine tm;
+  coselect::Scheduler s{tm};
+  coselect::Scheduler::time_point t0 = s.now();
+  coselect::Scheduler::duration elapsed() const { return s.now() - t0; }
+};
+
+// How the tasks of a test ended (value_after counts them).
+struct Tally {
+  int finished = 0;
+  int canceled = 0;
+};
+
+// Sleeps d (a cancellation point), counting in `tally` whether it finished or was cancelled,
+// then yields value.
+template <class T>
+coselect::Task<T> value_after(coselect::Scheduler::duration d, T value, Tally& tally) {
+  try {
+    co_await coselect::sleep_for(d);
+  } catch (const std::system_error& e) {
+    if (e.code() == std::errc::operation_canceled) ++tally.canceled;
+    throw;
+  }
+  ++tally.finished;
+  co_return value;
+}
+
+inline coselect::Task<void> nothing_after(coselect::Scheduler::duration d, Tally& tally) {
+  co_await value_after(d, 0, tally);
+}
+
+// A task slow to wind down: waits up to `wait` (a cancellation point); if stopped meanwhile,
+// goes on working for `extra` regardless, then returns true (false: it was not stopped).
+inline coselect::Task<bool> wind_down_slowly(coselect::Scheduler::duration wait,
+                                             coselect::Scheduler::duration extra) {
+  try {
+    co_await coselect::sleep_for(wait);
+    co_return false;
+  } catch (const std::system_error&) {
+  }
+  co_await sleep_ignoring_stop(extra);
+  co_return true;
+}
 
 // Awaits `t`, then stops `s` if it was the last of `left` such tasks to finish.
 inline coselect::Task<void> counted(coselect::Task<void> t, std::size_t& left,

@@ -16,6 +16,7 @@ class WaitableEvent;
 namespace coselect::detail {
 
 class loop_hooks;
+class cancel_point;
 
 // One deadline in a loop's timer heap. `fire` runs on the loop thread when the deadline passes
 // (or virtual time reaches it); the node has already been removed from the heap by then.
@@ -103,6 +104,14 @@ class loop_hooks {
   virtual void cancel_event_waiters(WaitableEvent& ev) noexcept = 0;
   // The loop's clock (real or virtual): deadlines of waiters are measured on it.
   virtual std::chrono::steady_clock::time_point now() const noexcept = 0;
+  // Loop thread: queue h to resume in this turn or the next.
+  virtual void make_ready(std::coroutine_handle<> h) = 0;
+  // Any thread: resume h on the loop thread (never inline); wakes the loop.
+  virtual void resume_soon(std::coroutine_handle<> h) = 0;
+  // Any thread: deliver a stop request to `c` on the loop thread (cancel_point.hpp); wakes it.
+  virtual void queue_cancel(cancel_point& c) noexcept = 0;
+  // Loop thread: forget `c` if it is still queued (its wait ended first).
+  virtual void unqueue_cancel(cancel_point& c) noexcept = 0;
 
  protected:
   ~loop_hooks() = default;

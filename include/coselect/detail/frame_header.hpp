@@ -1,0 +1,125 @@
+// What a JoinHandle refers to: a small header allocated in front of every Task frame, which
+// outlives the frame for as long as handles to it exist. A spawned task whose handle was dropped
+// at once (the common case) costs nothing more than the header's 16 bytes: no allocation, no
+// stop source. The rest (stop source, joiners) is allocated the first time someone needs it.
+#pragma once
+
+#include <atomic>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <new>
+#include <stop_token>
+
+#include "cancel_point.hpp"
+#include "wait_node.hpp"
+
+namespace coselect::detail {
+
+// A coroutine in JoinHandle::join(), linked into the task's join_control.
+struct join_waiter {
+  std::coroutine_handle<> handle{};
+  loop_hooks* loop = nullptr;
+  join_waiter* next = nullptr;
+  join_waiter* prev = nullptr;
+  bool linked = false;
+  wait_outcome outcome = wait_outcome::pending;
+};
+
+// A spawned task's own stop source and the coroutines joining it. Guarded by `mutex`.
+struct join_control {
+  std::stop_source source;
+  std::stop_token token = source.get_token();
+  std::mutex mutex;
+  join_waiter* head = nullptr;
+  join_waiter* tail = nullptr;
+
+  void push_back(join_waiter& w) noexcept {
+    w.linked = true;
+    w.next = nullptr;
+    w.prev = tail;
+    (tail != nullptr ? tail->next : head) = &w;
+    tail = &w;
+  }
+  void unlink(join_waiter& w) noexcept {
+    (w.prev != nullptr ? w.prev->next : head) = w.next;
+    (w.next != nullptr ? w.next->prev : tail) = w.prev;
+    w.next = w.prev = nullptr;
+    w.linked = false;
+  }
+};
+
+class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
+ public:
+  static constexpr std::uint32_t kDone = 1;             // the frame is gone (finished)
+  static constexpr std::uint32_t kCancelRequested = 2;  // JoinHandle::cancel() was called
+
+  // The header of a frame allocated by allocate() (every Task frame that reached the heap).
+  static frame_header& of(void* frame_address) noexcept {
+    return *reinterpret_cast<frame_header*>(static_cast<char*>(frame_address) -
+                                            sizeof(frame_header));
+  }
+
+  static void* allocate(std::size_t frame_size) {
+    void* raw = ::operator new(frame_size + sizeof(frame_header));
+    return reinterpret_cast<char*>(new (raw) frame_header) + sizeof(frame_header);
+  }
+  // The frame's own reference goes (its destructors have run).
+  static void deallocate(void* frame_address) noexcept { of(frame_address).release(); }
+
+  void retain() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept {
+    // One reference left: nobody else holds the header, and nobody can take one any more.
+    if (refs_.load(std::memory_order_acquire) == 1 ||
+        refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      delete control_.load(std::memory_order_acquire);
+      this->~frame_header();
+      ::operator delete(static_cast<void*>(this));
+    }
+  }
+  bool has_other_references() const noexcept { return refs_.load(std::memory_order_acquire) > 1; }
+
+  bool done() const noexcept { return (flags_.load(std::memory_order_seq_cst) & kDone) != 0; }
+  bool cancel_requested() const noexcept {
+    return (flags_.load(std::memory_order_acquire) & kCancelRequested) != 0;
+  }
+
+  join_control* control() const noexcept { return control_.load(std::memory_order_seq_cst); }
+  join_control& control_or_create() {
+    join_control* c = control();
+    if (c != nullptr) return *c;
+    auto* fresh = new join_control;
+    if (control_.compare_exchange_strong(c, fresh, std::memory_order_seq_cst)) return *fresh;
+    delete fresh;
+    return *c;
+  }
+
+  // Any thread (JoinHandle::cancel): stop the task, unless it has already finished.
+  void cancel() {
+    const std::uint32_t before = flags_.fetch_or(kCancelRequested, std::memory_order_acq_rel);
+    if ((before & kDone) == 0) control_or_create().source.request_stop();
+  }
+
+  // The frame is being destroyed (its task finished, or its scheduler went away): done() turns
+  // true and every joiner resumes on its own loop.
+  void finish() noexcept {
+    flags_.fetch_or(kDone, std::memory_order_seq_cst);
+    join_control* c = control();
+    if (c == nullptr) return;
+    std::lock_guard lock(c->mutex);
+    while (join_waiter* w = c->head) {
+      c->unlink(*w);
+      w->outcome = wait_outcome::released;
+      w->loop->resume_soon(w->handle);
+    }
+  }
+
+ private:
+  std::atomic<std::uint32_t> refs_{1};  // the frame, plus one per JoinHandle
+  std::atomic<std::uint32_t> flags_{0};
+  std::atomic<join_control*> control_{nullptr};
+};
+static_assert(sizeof(frame_header) % __STDCPP_DEFAULT_NEW_ALIGNMENT__ == 0);
+
+}  // namespace coselect::detail
