@@ -65,6 +65,7 @@ inline Task<void> group_child(Task<void> child, std::shared_ptr<task_group_state
   if (std::exception_ptr escalate = group->child_ended(std::move(error))) {
     std::rethrow_exception(escalate);
   }
+  co_return;
 }
 
 }  // namespace detail

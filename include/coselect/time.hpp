@@ -24,7 +24,7 @@ class sleep_awaiter {
   }
 
   sleep_awaiter(sleep_awaiter&& other) noexcept
-      : deadline_(other.deadline_), delay_(other.delay_), absolute_(other.absolute_) {}
+      : deadline_(other.deadline_), delay_(other.delay_), absolute_(other.absolute_), node_() {}
   sleep_awaiter& operator=(const sleep_awaiter&) = delete;
   ~sleep_awaiter() {
     cancel_.disarm();

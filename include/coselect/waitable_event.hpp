@@ -362,7 +362,7 @@ struct event_access {
 class WaitableEvent::wait_awaiter {
  public:
   explicit wait_awaiter(WaitableEvent& ev) noexcept : event_(ev) {}
-  wait_awaiter(wait_awaiter&& other) noexcept : event_(other.event_) {}
+  wait_awaiter(wait_awaiter&& other) noexcept : event_(other.event_), node_() {}
   wait_awaiter& operator=(const wait_awaiter&) = delete;
   ~wait_awaiter() {
     cancel_.disarm();
@@ -431,7 +431,7 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
   timed_wait_awaiter(WaitableEvent& ev, std::chrono::nanoseconds timeout) noexcept
       : wait_awaiter(ev), timeout_(timeout) {}
   timed_wait_awaiter(timed_wait_awaiter&& other) noexcept
-      : wait_awaiter(std::move(other)), timeout_(other.timeout_) {}
+      : wait_awaiter(other.event_), timeout_(other.timeout_) {}
 
   bool await_ready() {
     if (wait_awaiter::await_ready()) return true;

@@ -83,7 +83,7 @@ class cancel_point {
 
   cancel_point() = default;
   // Awaiters move before they are awaited, never while armed: a move starts unarmed.
-  cancel_point(cancel_point&&) noexcept {}
+  cancel_point(cancel_point&&) noexcept : callback_() {}
   cancel_point(const cancel_point&) = delete;
   cancel_point& operator=(const cancel_point&) = delete;
   ~cancel_point() { disarm(); }
