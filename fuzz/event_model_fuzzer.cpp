@@ -21,6 +21,10 @@
 //    set() must not turn that release into operation_canceled.
 //  * No spurious release: a waiter that reports `released` saw the event set when it began,
 //    or some set() of that event completed after it began.
+//  * Cancellation: a coroutine ends with operation_canceled only if its event was destroyed or
+//    its JoinHandle::cancel() was called; one cancelled from the fuzzing thread while it
+//    waited has resumed by the end of the next uninterrupted run (a stop from another thread
+//    is never lost, and resumes the waiter once, on its loop thread).
 //  * Timeouts never fire early (blocking waits, coroutine waits and sleeps); on virtual time
 //    a timeout or sleep that is due by the end of an uninterrupted run has ended.
 //  * Exactly once: every call_soon/call_later runs once per (re)installation, never before its
@@ -137,6 +141,8 @@ enum Op : std::uint8_t {
   kRecreateScheduler,  //                         destroy the scheduler (and its frames), make anew
   kSync,               //                         wait for the helpers; check the model
   kRunWake,            // helper, slot, mode      run() (no limit) until a helper's set() wakes it
+  kCancel,             // code                    JoinHandle::cancel() of a coroutine waiter or
+                       //                         sleeper (code picks it; odd: from a helper)
                        //                         (mode: set, pulse, 64 pulses, 64 pulses + set)
   kOpCount
 };
@@ -224,7 +230,11 @@ struct CoRecord {
   bool handed_off = false;          // handoff: given to the helper
   bool handoff_synced = false;      // ... and the helper has resumed it since
   bool on_loop_thread = true;
-  bool stops_loop = false;  // event_wait: stop() the loop once resumed (kRunWake)
+  bool stops_loop = false;      // event_wait: stop() the loop once resumed (kRunWake)
+  coselect::JoinHandle handle;  // kCoWait, kSleep: from spawn()
+  bool has_handle = false;
+  bool cancel_requested = false;  // handle.cancel() was (or is about to be) called
+  bool must_end = false;          // cancelled by the fuzzing thread while it waited
 };
 
 struct Callback {
@@ -417,7 +427,8 @@ class Harness {
         auto& r = new_co(CoKind::event_wait);
         r.slot = s;
         if (code % 5 != 4) r.timeout = short_timeout(code);
-        sched_->spawn(event_waiter(r));
+        r.handle = sched_->spawn(event_waiter(r));
+        r.has_handle = true;
         break;
       }
       case kLoopSet:
@@ -431,7 +442,8 @@ class Harness {
       case kSleep: {
         auto& r = new_co(CoKind::sleeper);
         r.timeout = short_timeout(p.next());
-        sched_->spawn(sleeper(r));
+        r.handle = sched_->spawn(sleeper(r));
+        r.has_handle = true;
         break;
       }
       case kRun:
@@ -516,6 +528,9 @@ class Harness {
         run_wake(h, i, p.next() % 4);
         break;
       }
+      case kCancel:
+        cancel_co(p.next());
+        break;
       case kOpCount:
         break;
     }
@@ -885,7 +900,8 @@ class Harness {
       MODEL_CHECK(r.end - r.start >= *r.timeout, "a coroutine wait timed out early");
       MODEL_CHECK(!r.must_release, "a coroutine waiter owed a release timed out instead");
     }
-    if (r.outcome == Outcome::canceled && !(r.must_release && allowed("destroy-after-set"))) {
+    if (r.outcome == Outcome::canceled && !r.cancel_requested &&
+        !(r.must_release && allowed("destroy-after-set"))) {
       MODEL_CHECK(!r.must_release || r.any_outcome,
                   "a coroutine released by set() was canceled when its event was destroyed");
       MODEL_CHECK(r.must_cancel || r.any_outcome, "a coroutine wait was canceled for no reason");
@@ -969,13 +985,39 @@ class Harness {
     Scheduler& s = *Scheduler::current();
     r.start = s.now();
     r.state = CoState::waiting;
-    co_await coselect::sleep_for(*r.timeout);
+    r.outcome = Outcome::released;
+    try {
+      co_await coselect::sleep_for(*r.timeout);
+    } catch (const std::system_error& e) {
+      MODEL_CHECK(e.code() == std::errc::operation_canceled && r.cancel_requested,
+                  "a sleep failed, and not because it was cancelled");
+      r.outcome = Outcome::canceled;
+    }
     r.end = s.now();
     r.on_loop_thread = on_loop();
     r.state = CoState::done;
-    r.outcome = Outcome::released;
     MODEL_CHECK(r.on_loop_thread, "a sleeper resumed off its loop thread");
-    MODEL_CHECK(r.end - r.start >= *r.timeout, "sleep_for() ended early");
+    MODEL_CHECK(r.outcome == Outcome::canceled || r.end - r.start >= *r.timeout,
+                "sleep_for() ended early");
+  }
+
+  // JoinHandle::cancel() of the code-th cancellable coroutine of this scheduler, from the
+  // fuzzing thread (even code: the loop is not running, the stop goes through its inbox) or a
+  // helper (odd).
+  void cancel_co(std::uint8_t code) {
+    std::vector<CoRecord*> candidates;
+    for (auto& r : cos_) {
+      if (r->generation == generation_ && r->has_handle) candidates.push_back(r.get());
+    }
+    if (candidates.empty()) return;
+    CoRecord& r = *candidates[(code / 2) % candidates.size()];
+    r.cancel_requested = true;
+    if (code % 2 == 0) {
+      if (r.state == CoState::spawned || r.state == CoState::waiting) r.must_end = true;
+      r.handle.cancel();
+    } else {
+      helpers_[(code / 2) % 2]->post({[h = r.handle]() mutable { h.cancel(); }});
+    }
   }
 
   struct HandoffAwaiter {
@@ -1138,12 +1180,16 @@ class Harness {
       }
       if (r.must_release) {
         MODEL_CHECK(r.state == CoState::done, "a coroutine waiter missed a set() (lost wake-up)");
-        MODEL_CHECK(r.outcome == Outcome::released || r.any_outcome ||
+        MODEL_CHECK(r.outcome == Outcome::released || r.any_outcome || r.cancel_requested ||
                         (r.outcome == Outcome::canceled && allowed("destroy-after-set")),
                     "a coroutine waiter owed a release ended otherwise");
       }
       if (r.must_cancel) {
         MODEL_CHECK(r.state == CoState::done, "a waiter of a destroyed event was not resumed");
+      }
+      if (r.must_end) {
+        MODEL_CHECK(r.state == CoState::done,
+                    "a coroutine cancelled while waiting was not resumed");
       }
       if (r.handoff_synced) {
         MODEL_CHECK(r.state == CoState::done, "a coroutine resumed through TaskManager is lost");
@@ -1211,7 +1257,7 @@ class Harness {
       if (r->generation != generation_) continue;
       if (r->state == CoState::spawned || r->state == CoState::waiting) {
         r->state = CoState::destroyed;
-        r->must_release = r->must_cancel = r->handoff_synced = false;
+        r->must_release = r->must_cancel = r->handoff_synced = r->must_end = false;
       }
     }
     for (auto& c : callbacks_) {
@@ -1280,7 +1326,7 @@ class Harness {
       MODEL_CHECK(r->state == CoState::done || r->state == CoState::skipped,
                   "a coroutine never finished");
       if (r->must_release) {
-        MODEL_CHECK(r->outcome == Outcome::released || r->any_outcome ||
+        MODEL_CHECK(r->outcome == Outcome::released || r->any_outcome || r->cancel_requested ||
                         (r->outcome == Outcome::canceled && allowed("destroy-after-set")),
                     "owed release not given");
       }

@@ -20,6 +20,7 @@ OPS = [
     "helper_call_soon", "helper_call_later",
     "handoff", "run_in_thread",
     "destroy_event", "create_event", "recreate_scheduler", "sync", "run_wake",
+    "cancel",
 ]
 CODE = {op: i for i, op in enumerate(OPS)}
 ARGS = {  # argument bytes each op reads
@@ -32,6 +33,7 @@ ARGS = {  # argument bytes each op reads
     "helper_call_soon": 1, "helper_call_later": 2,
     "handoff": 1, "run_in_thread": 1,
     "destroy_event": 1, "create_event": 1, "recreate_scheduler": 0, "sync": 0, "run_wake": 3,
+    "cancel": 1,
 }
 MAX_OPS = 128
 
@@ -104,6 +106,16 @@ SEEDS = {
         ("loop_suspend", 0), ("loop_resume", 1), ("call_soon", 0), ("call_soon", 1),
         ("call_later", 2, 1), ("loop_suspend", 2), ("run", 0), ("resume", 0), ("suspend", 1),
         ("resume", 1), ("run", 2)]),
+    # JoinHandle::cancel(): before a waiter starts, while it waits, racing a set(), after it
+    # ended, and from a helper thread.
+    "seed-16-cancel-virtual": ("virtual", [
+        ("co_wait", 0, UNTIMED_CO), ("cancel", 0), ("co_wait", 1, 1), ("sleep", 3), ("run", 0),
+        ("cancel", 2), ("cancel", 4), ("run", 0), ("set", 1), ("cancel", 2), ("run", 1),
+        ("cancel", 3), ("sync",), ("run", 3)]),
+    "seed-17-cancel-real": ("real", [
+        ("co_wait", 2, UNTIMED_CO), ("sleep", 2), ("run", 0), ("cancel", 1), ("cancel", 3),
+        ("helper_set", 0, 2), ("run", 1), ("co_wait", 0, 1), ("run", 0), ("cancel", 4),
+        ("sync",), ("run", 2)]),
 }
 
 

@@ -116,6 +116,10 @@ Task<timeout_result_t<detail::await_result_t<A>>> with_timeout(std::chrono::dura
     expired.store(true, std::memory_order_release);
     deadline.source().request_stop();
   });
+  struct disarm_on_exit {  // also when the frame is destroyed mid-way (with its scheduler)
+    TaskHandle& timer;
+    ~disarm_on_exit() { timer.suspend(); }
+  } disarm{timer};
   self->stop_token = deadline.token();
   std::exception_ptr failure;
   std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> result;
@@ -130,7 +134,6 @@ Task<timeout_result_t<detail::await_result_t<A>>> with_timeout(std::chrono::dura
   } catch (...) {
     failure = std::current_exception();
   }
-  timer.suspend();
   self->stop_token = caller;
   if (failure) {
     const bool ours = expired.load(std::memory_order_acquire) &&
