@@ -77,7 +77,8 @@ class SignalSet {
   }
 
   // co_await set.wait(): the next caught signal's number. Signals caught while nobody waits
-  // are kept (once per signal number, like the kernel's pending set).
+  // are kept (once per signal number, like the kernel's pending set). Cancellation point (it
+  // waits on an event): a stop while it waits throws operation_canceled and consumes no signal.
   Task<int> wait() {
     for (;;) {
       if (auto sig = poll()) co_return *sig;

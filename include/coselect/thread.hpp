@@ -192,7 +192,8 @@ class run_in_thread_awaiter {
 
 }  // namespace detail
 
-// co_await resume_on(s): continue on s's loop thread (queued if s is not running yet).
+// co_await resume_on(s): continue on s's loop thread (queued if s is not running yet). Not a
+// cancellation point: it always moves (a stop takes effect at the next cancellation point).
 inline detail::resume_on_awaiter resume_on(Scheduler& target) noexcept {
   return {target};
 }
