@@ -4,16 +4,19 @@
 // Virtual time (TimeMachine) orders the children. Coroutines only record; assertions follow
 // run().
 
+#include <atomic>
 #include <chrono>
 #include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include "support/fixtures.hpp"
+#include "support/sanitizers.hpp"
 
 namespace {
 
@@ -249,6 +252,55 @@ TEST(TaskGroup, EarlyDestructionStopsChildrenWhichStayWithTheScheduler) {
   EXPECT_EQ(tally.canceled, 1);
   EXPECT_EQ(destroyed, 1);
   EXPECT_EQ(failures, std::vector<std::string>{"after the group"});
+}
+
+// The joining task cancelled from another thread, racing the last child's end (a set() from a
+// third thread): join resumes once, on the loop thread, after the child has ended, either
+// normally or with operation_canceled.
+TEST(TaskGroup, JoinCancelledFromAnotherThreadRacingTheLastChild) {
+  const int rounds = coselect_test::kSanitized ? 50 : 250;
+  Scheduler s;
+  int normal = 0;
+  for (int i = 0; i < rounds; ++i) {
+    coselect::WaitableEvent go;
+    bool child_ended = false;
+    int resumed = 0;
+    std::string outcome;
+    std::thread canceller;
+    std::thread setter;
+    auto body = [&]() -> Task<void> {
+      TaskGroup g;
+      g.spawn([](coselect::WaitableEvent& go, bool& ended) -> Task<void> {
+        try {
+          co_await go.wait();
+        } catch (...) {
+        }
+        ended = true;
+      }(go, child_ended));
+      try {
+        co_await g.join();
+      } catch (const std::system_error& e) {
+        outcome = e.code() == std::errc::operation_canceled ? "canceled" : e.what();
+      }
+      ++resumed;
+      if (!child_ended) outcome = "join ended before its child";
+    };
+    auto main = [&]() -> Task<void> {
+      coselect::JoinHandle h = s.spawn(body());
+      co_await coselect::yield_now();
+      co_await coselect::yield_now();
+      canceller = std::thread([h]() mutable { h.cancel(); });
+      setter = std::thread([&go] { go.set(); });
+      co_await h.join();
+    };
+    s.run(main());
+    canceller.join();
+    setter.join();
+    ASSERT_EQ(resumed, 1) << "round " << i;
+    ASSERT_TRUE(outcome.empty() || outcome == "canceled") << outcome;
+    normal += outcome.empty() ? 1 : 0;
+  }
+  RecordProperty("normal", normal);
 }
 
 TEST(TaskGroup, NeedsAScheduler) {

@@ -56,8 +56,8 @@ class linked_stop_source {
 };
 
 struct get_stop_token_awaiter : own_token_holder {
-  std::stop_token await_resume() const noexcept {
-    const std::stop_token* t = holder != nullptr ? holder->stop_token : nullptr;
+  std::stop_token await_resume() const {
+    const std::stop_token* t = holder != nullptr ? holder->token() : nullptr;
     return t != nullptr ? *t : std::stop_token{};
   }
 };
@@ -81,11 +81,11 @@ Task<detail::await_result_t<A>> with_stop_token(std::stop_token token, A a) {
   detail::stop_token_holder* self = co_await detail::own_token_holder{};
   const std::stop_token* caller = detail::stoppable(self);
   if (caller == nullptr) {
-    self->stop_token = &token;  // nothing else can stop us: no stop source needed
+    self->set_token(&token);  // nothing else can stop us: no stop source needed
   } else {
     detail::linked_stop_source both(caller);
     both.follow(token);
-    self->stop_token = both.token();
+    self->set_token(both.token());
     co_return co_await a;
   }
   co_return co_await a;
@@ -120,7 +120,7 @@ Task<timeout_result_t<detail::await_result_t<A>>> with_timeout(std::chrono::dura
     TaskHandle& timer;
     ~disarm_on_exit() { timer.suspend(); }
   } disarm{timer};
-  self->stop_token = deadline.token();
+  self->set_token(deadline.token());
   std::exception_ptr failure;
   std::optional<std::conditional_t<std::is_void_v<T>, bool, T>> result;
   try {
@@ -134,7 +134,7 @@ Task<timeout_result_t<detail::await_result_t<A>>> with_timeout(std::chrono::dura
   } catch (...) {
     failure = std::current_exception();
   }
-  self->stop_token = caller;
+  self->set_token(caller);
   if (failure) {
     const bool ours = expired.load(std::memory_order_acquire) &&
                       !(caller != nullptr && caller->stop_requested()) &&

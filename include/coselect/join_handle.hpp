@@ -34,20 +34,28 @@ class JoinHandle {
   class join_awaiter;
 
   JoinHandle() noexcept = default;
-  // Takes a reference on `header` (what Scheduler::spawn does).
-  explicit JoinHandle(detail::frame_header& header) noexcept : header_(&header) {
-    header_->retain();
+  // The first handle of a frame that no other thread sees yet, owned by `loop` (what
+  // Scheduler::spawn makes).
+  struct first_t {};
+  JoinHandle(detail::frame_header& header, detail::loop_hooks& loop, first_t) noexcept
+      : header_(&header), loop_(&loop) {
+    header_->retain_unshared();
   }
-  JoinHandle(const JoinHandle& other) noexcept : header_(other.header_) {
+  JoinHandle(const JoinHandle& other) noexcept : header_(other.header_), loop_(other.loop_) {
     if (header_ != nullptr) header_->retain();
   }
-  JoinHandle(JoinHandle&& other) noexcept : header_(std::exchange(other.header_, nullptr)) {}
+  JoinHandle(JoinHandle&& other) noexcept
+      : header_(std::exchange(other.header_, nullptr)), loop_(other.loop_) {}
   JoinHandle& operator=(JoinHandle other) noexcept {
     std::swap(header_, other.header_);
+    std::swap(loop_, other.loop_);
     return *this;
   }
   ~JoinHandle() {
-    if (header_ != nullptr) header_->release();
+    // The frame lets go of its header only on its loop's thread (Scheduler::finish_top_task,
+    // or ~Scheduler while no run* is active): there, the last handle can let go without an
+    // atomic read-modify-write (the common spawn-and-drop case).
+    if (header_ != nullptr) header_->release_handle(detail::current_loop() == loop_);
   }
 
   void cancel() noexcept {
@@ -58,6 +66,7 @@ class JoinHandle {
 
  private:
   detail::frame_header* header_ = nullptr;
+  detail::loop_hooks* loop_ = nullptr;  // the scheduler that owns the task
 };
 
 class JoinHandle::join_awaiter {

@@ -214,9 +214,13 @@ class Scheduler final : private detail::loop_hooks,
     if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
     auto frame = t.release();
     detail::frame_header& header = detail::frame_header::of(frame.address());
-    frame.promise().header = &header;
-    frame.promise().stop_token = token;
-    JoinHandle handle(header);  // before the frame is published: it may finish at once
+    frame.promise().owned_frame = frame;  // also marks it as having JoinHandles to tell
+    if (token != nullptr) {
+      frame.promise().set_token(token);
+    } else {
+      frame.promise().set_own_token(header);
+    }
+    JoinHandle handle(header, *this, JoinHandle::first_t{});  // before the frame is published
     if (on_loop_thread()) {
       adopt(frame);
       ready_.push_back(frame);
@@ -572,36 +576,36 @@ class Scheduler final : private detail::loop_hooks,
 
   // ---- stop requests from other threads (loop_hooks) ---------------------------------------
 
-  void queue_cancel(detail::cancel_point& c) noexcept override {
+  void queue_cancel(detail::cancel_request& c) noexcept override {
     std::lock_guard lock(cancel_mutex_);  // wake under the lock: see TaskManager::resume
     c.inbox_prev = nullptr;
     c.inbox_next = cancel_inbox_;
     if (cancel_inbox_ != nullptr) cancel_inbox_->inbox_prev = &c;
     cancel_inbox_ = &c;
-    c.queued_.store(true, std::memory_order_release);
+    c.queued.store(true, std::memory_order_release);
     wake_.set();
   }
 
-  void unqueue_cancel(detail::cancel_point& c) noexcept override {
+  void unqueue_cancel(detail::cancel_request& c) noexcept override {
     std::lock_guard lock(cancel_mutex_);
-    if (!c.queued_.load(std::memory_order_relaxed)) return;
+    if (!c.queued.load(std::memory_order_relaxed)) return;
     (c.inbox_prev != nullptr ? c.inbox_prev->inbox_next : cancel_inbox_) = c.inbox_next;
     if (c.inbox_next != nullptr) c.inbox_next->inbox_prev = c.inbox_prev;
-    c.queued_.store(false, std::memory_order_relaxed);
+    c.queued.store(false, std::memory_order_relaxed);
   }
 
   // Runs the queued stop requests here, on the loop thread. Each point stays valid until its
   // awaiter disarms it, which happens on this thread too: not before we are done with it.
   void deliver_queued_cancels() noexcept {
-    detail::cancel_point* list = nullptr;
+    detail::cancel_request* list = nullptr;
     {
       std::lock_guard lock(cancel_mutex_);
       list = std::exchange(cancel_inbox_, nullptr);
-      for (detail::cancel_point* c = list; c != nullptr; c = c->inbox_next)
-        c->queued_.store(false, std::memory_order_relaxed);
+      for (detail::cancel_request* c = list; c != nullptr; c = c->inbox_next)
+        c->queued.store(false, std::memory_order_relaxed);
     }
     while (list != nullptr) {
-      detail::cancel_point* c = list;
+      detail::cancel_request* c = list;
       list = c->inbox_next;
       c->deliver();
     }
@@ -666,7 +670,7 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   static bool ended_by_own_cancel(const detail::task_promise_base& p) noexcept {
-    return p.header != nullptr && p.header->cancel_requested() &&
+    return detail::frame_header::of(p.owned_frame.address()).cancel_requested() &&
            detail::is_operation_canceled(p.exception);
   }
 
@@ -718,7 +722,7 @@ class Scheduler final : private detail::loop_hooks,
   std::unordered_map<const WaitableEvent*, std::unique_ptr<detail::event_watch>> secondary_watches_;
 
   std::mutex cancel_mutex_;
-  detail::cancel_point* cancel_inbox_ = nullptr;  // guarded by cancel_mutex_
+  detail::cancel_request* cancel_inbox_ = nullptr;  // guarded by cancel_mutex_
 
   std::mutex spawn_mutex_;
   std::vector<std::coroutine_handle<detail::task_promise<void>>> spawn_inbox_;

@@ -40,10 +40,9 @@ class task_owner {
 // stack even where GCC does not turn symmetric transfer into a tail call: -O0, ASan), and one
 // that finished later, on any thread, resumes the awaiter by symmetric transfer.
 //
-// Stop tokens (DESIGN.md §8): `stop_token` points at the token of whoever awaits the task (the
-// awaiter copies the pointer), so awaiting costs one pointer copy. A spawned task points at its
-// own join_control's token, created when it first runs if a JoinHandle to it still exists (or
-// earlier, by JoinHandle::cancel()); otherwise it stays null: nothing could ever stop it.
+// Stop tokens (DESIGN.md §8): the promise's token is the one of whoever awaits the task (the
+// awaiter copies the pointer), so awaiting costs one pointer copy. A spawned task has its own,
+// made when first needed if a JoinHandle to it still exists (stop_token_holder).
 struct task_promise_base : stop_token_holder {
   std::coroutine_handle<> continuation{};
   std::atomic<bool> handed_off{false};
@@ -51,28 +50,19 @@ struct task_promise_base : stop_token_holder {
   task_owner* owner = nullptr;  // set while a scheduler runs or owns this frame at the top
   task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
   task_promise_base* owned_prev = nullptr;
-  std::coroutine_handle<> owned_frame{};  // this frame, type-erased, while owned
-  frame_header* header = nullptr;         // set when spawned: what its JoinHandles refer to
+  std::coroutine_handle<> owned_frame{};  // this frame, type-erased, while owned (or spawned)
 
   task_promise_base() = default;
   task_promise_base(const task_promise_base&) = delete;
   task_promise_base& operator=(const task_promise_base&) = delete;
   ~task_promise_base() {
-    if (header != nullptr) header->finish();
+    if (owned_frame) frame_header::of(owned_frame.address()).finish();  // tell its JoinHandles
   }
 
   static void* operator new(std::size_t size) { return frame_header::allocate(size); }
   static void operator delete(void* frame) noexcept { frame_header::deallocate(frame); }
 
-  struct initial_awaiter {
-    task_promise_base& promise;
-    bool await_ready() const noexcept { return false; }
-    void await_suspend(std::coroutine_handle<>) const noexcept {}
-    void await_resume() const {
-      if (promise.header != nullptr && promise.stop_token == nullptr) promise.take_own_token();
-    }
-  };
-  initial_awaiter initial_suspend() noexcept { return {*this}; }
+  std::suspend_always initial_suspend() const noexcept { return {}; }
 
   struct final_awaiter {
     bool await_ready() const noexcept { return false; }
@@ -93,15 +83,6 @@ struct task_promise_base : stop_token_holder {
   final_awaiter final_suspend() const noexcept { return {}; }
 
   void unhandled_exception() noexcept { exception = std::current_exception(); }
-
-  // A spawned task starts: it gets a stop token of its own if a JoinHandle could still stop it.
-  void take_own_token() {
-    if (join_control* c = header->control()) {
-      stop_token = &c->token;
-    } else if (header->has_other_references()) {
-      stop_token = &header->control_or_create().token;
-    }
-  }
 
   // Starts this (lazy) task on behalf of `awaiting`; returns whether `awaiting` must suspend
   // (false: the task already finished, carry on).
@@ -185,7 +166,7 @@ class [[nodiscard]] Task {
     template <class Promise>
     bool await_suspend(std::coroutine_handle<Promise> awaiting) const {
       if constexpr (std::is_base_of_v<detail::stop_token_holder, Promise>) {
-        frame.promise().stop_token = awaiting.promise().stop_token;  // the task inherits it
+        frame.promise().set_token(awaiting.promise().token());  // the task inherits it
       }
       return frame.promise().start_awaited_by(frame, awaiting);
     }

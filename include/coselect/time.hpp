@@ -95,8 +95,8 @@ class yield_awaiter {
   void await_suspend(std::coroutine_handle<Promise> h) {
     const std::stop_token* token = stop_token_of(h);
     cancel_point::check(token, kCanceled);
-    scheduler_access::make_ready(*scheduler_, h);
     cancel_.arm(token, scheduler_access::hooks(*scheduler_), &on_cancel, this);
+    scheduler_access::make_ready(*scheduler_, h);
   }
   void await_resume() { cancel_.end(canceled_, kCanceled); }
 

@@ -402,10 +402,10 @@ class WaitableEvent::wait_awaiter {
   // Every way out of a wait: no stop request can arrive any more; throws if canceled.
   void end_wait() {
     cancel_.disarm();
-    if (node_.outcome != detail::wait_outcome::canceled) return;
-    if (stopped_) detail::throw_operation_canceled(kStopped);
-    throw std::system_error(std::make_error_code(std::errc::operation_canceled),
-                            "coselect::WaitableEvent destroyed while a coroutine waited on it");
+    if (node_.outcome == detail::wait_outcome::canceled) [[unlikely]] {
+      detail::throw_operation_canceled(
+          stopped_ ? kStopped : "coselect::WaitableEvent destroyed while a coroutine waited on it");
+    }
   }
 
   WaitableEvent& event_;

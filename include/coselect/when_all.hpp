@@ -90,7 +90,7 @@ when_all_notifier notify_when_done(Task<T>& task) {
 // Children run under `token` (the combinator's caller's, or when_any's own).
 template <class T>
 void run_under(Task<T>& task, const std::stop_token* token) noexcept {
-  if (task.valid()) task.handle().promise().stop_token = token;
+  if (task.valid()) task.handle().promise().set_token(token);
 }
 
 template <class T>
@@ -164,7 +164,7 @@ void rethrow_failure(Task<T>& task) {
 template <class... Ts>
 Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
   detail::stop_token_holder* self = co_await detail::own_token_holder{};
-  (detail::run_under(tasks, self->stop_token), ...);
+  (detail::run_under(tasks, self->token()), ...);
   std::vector<detail::when_all_notifier> notifiers;
   notifiers.reserve(sizeof...(Ts));
   (notifiers.push_back(detail::notify_when_done(tasks)), ...);
@@ -185,7 +185,7 @@ Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks
   std::vector<when_all_notifier> notifiers;
   notifiers.reserve(tasks.size());
   for (Task<T>& t : tasks) {
-    run_under(t, self->stop_token);
+    run_under(t, self->token());
     notifiers.push_back(notify_when_done(t));
   }
   when_all_latch latch(tasks.size());

@@ -1,7 +1,8 @@
 // The one piece of cancellation machinery every suspending awaitable uses (DESIGN.md §8).
 //
-// A coroutine's stop token travels in its promise as a pointer (stop_token_holder): null means
-// "nothing can ever stop this coroutine", and then a wait registers nothing and costs nothing.
+// A coroutine's stop token travels in its promise as a pointer (stop_token_holder, in
+// frame_header.hpp): null means "nothing can ever stop this coroutine", and then a wait
+// registers nothing and costs nothing.
 // An awaitable that suspends arms a cancel_point after linking its waiter; a stop request then
 // runs the awaitable's `cancel` function exactly once, on the waiter's own loop thread: at once
 // when request_stop() runs on that thread, otherwise through the loop's cancel inbox (which
@@ -18,26 +19,22 @@
 #include <stop_token>
 #include <system_error>
 #include <type_traits>
+#include <utility>
 
+#include "frame_header.hpp"
 #include "wait_node.hpp"
 
 namespace coselect::detail {
 
-// The stop token a coroutine runs under, kept in coselect's promises (Task). Other coroutine
-// types have none: their awaits are never cancelled.
-struct stop_token_holder {
-  const std::stop_token* stop_token = nullptr;  // null: never stopped
-};
-
-// The token behind a holder, if it can ever be stopped.
-inline const std::stop_token* stoppable(const stop_token_holder* h) noexcept {
-  if (h == nullptr || h->stop_token == nullptr || !h->stop_token->stop_possible()) return nullptr;
-  return h->stop_token;
+// The token behind a holder (frame_header.hpp), if it can ever be stopped.
+inline const std::stop_token* stoppable(stop_token_holder* h) {
+  const std::stop_token* t = h != nullptr ? h->token() : nullptr;
+  return t != nullptr && t->stop_possible() ? t : nullptr;
 }
 
 // The token of the coroutine behind `h`, or null if it has none that can ever be stopped.
 template <class Promise>
-const std::stop_token* stop_token_of(std::coroutine_handle<Promise> h) noexcept {
+const std::stop_token* stop_token_of(std::coroutine_handle<Promise> h) {
   if constexpr (std::is_base_of_v<stop_token_holder, Promise>) {
     return stoppable(&h.promise());
   } else {
@@ -59,7 +56,7 @@ struct own_token_holder {
   stop_token_holder* await_resume() const noexcept { return holder; }
 };
 
-[[noreturn]] inline void throw_operation_canceled(const char* what) {
+[[noreturn, gnu::noinline, gnu::cold]] inline void throw_operation_canceled(const char* what) {
   throw std::system_error(std::make_error_code(std::errc::operation_canceled), what);
 }
 
@@ -75,15 +72,62 @@ inline bool is_operation_canceled(const std::exception_ptr& e) noexcept {
   return false;
 }
 
-// Lives inside an awaiter while its coroutine waits. Not movable once armed.
-class cancel_point {
+// A wait that a stop token can end: what the loop's cancel inbox holds. Allocated by
+// cancel_point::arm only when the awaiting coroutine's token can be stopped.
+class cancel_request {
  public:
   // Loop thread: end the wait as canceled if it still pends (see the file comment).
   using cancel_fn = void (*)(void* awaiter) noexcept;
 
+  cancel_request(loop_hooks& loop, cancel_fn cancel, void* awaiter) noexcept
+      : loop_(loop), cancel_(cancel), awaiter_(awaiter) {}
+  cancel_request(const cancel_request&) = delete;
+  cancel_request& operator=(const cancel_request&) = delete;
+
+  // Registers on `token`; the callback may run before this returns.
+  void listen(const std::stop_token& token) { callback_.emplace(token, callback{this}); }
+
+  // Afterwards the callback never runs; waits for one running on another thread to return.
+  void stop_listening() noexcept {
+    callback_.reset();
+    if (queued.load(std::memory_order_acquire)) loop_.unqueue_cancel(*this);
+  }
+
+  // Loop thread: the stop request reaches the awaiter.
+  void deliver() noexcept { cancel_(awaiter_); }
+
+  // For the loop (loop_hooks): its inbox of requests from other threads.
+  cancel_request* inbox_next = nullptr;
+  cancel_request* inbox_prev = nullptr;
+  std::atomic<bool> queued{false};  // in the loop's inbox (written under the inbox's lock)
+
+ private:
+  struct callback {
+    cancel_request* self;
+    void operator()() const noexcept {
+      if (current_loop() == &self->loop_) {
+        self->deliver();
+      } else {
+        self->loop_.queue_cancel(*self);
+      }
+    }
+  };
+
+  loop_hooks& loop_;
+  cancel_fn cancel_;
+  void* awaiter_;
+  std::optional<std::stop_callback<callback>> callback_;
+};
+
+// Lives inside an awaiter while its coroutine waits: one pointer, null unless the awaiting
+// coroutine's token can be stopped. Not movable once armed.
+class cancel_point {
+ public:
+  using cancel_fn = cancel_request::cancel_fn;
+
   cancel_point() = default;
   // Awaiters move before they are awaited, never while armed: a move starts unarmed.
-  cancel_point(cancel_point&&) noexcept : callback_() {}
+  cancel_point(cancel_point&&) noexcept {}
   cancel_point(const cancel_point&) = delete;
   cancel_point& operator=(const cancel_point&) = delete;
   ~cancel_point() { disarm(); }
@@ -96,52 +140,33 @@ class cancel_point {
 
   // After the waiter is linked on `loop` (the calling thread's running loop). With a null token,
   // does nothing. `cancel` may run before arm() returns, if the token is being stopped now.
+  // Throws std::bad_alloc (the caller unlinks its waiter).
   void arm(const std::stop_token* token, loop_hooks& loop, cancel_fn cancel, void* awaiter) {
     if (token == nullptr) return;
-    loop_ = &loop;
-    cancel_ = cancel;
-    awaiter_ = awaiter;
-    callback_.emplace(*token, callback{this});
+    request_ = new cancel_request(loop, cancel, awaiter);
+    request_->listen(*token);
   }
 
   // Loop thread, when the wait has ended or its frame is being destroyed: afterwards `cancel`
   // never runs. Waits for a stop callback running on another thread right now to return.
   void disarm() noexcept {
-    if (!callback_) return;
-    callback_.reset();
-    if (queued_.load(std::memory_order_acquire)) loop_->unqueue_cancel(*this);
+    if (request_ != nullptr) drop_request();  // the common case is one test, inlined
   }
 
   // The wait has ended: disarm(), then throw operation_canceled (`what`) if it was cancelled.
   void end(bool canceled, const char* what) {
     disarm();
-    if (canceled) throw_operation_canceled(what);
+    if (canceled) [[unlikely]]
+      throw_operation_canceled(what);
   }
 
-  // For the loop (loop_hooks): its inbox of cancel requests from other threads.
-  cancel_point* inbox_next = nullptr;
-  cancel_point* inbox_prev = nullptr;
-  std::atomic<bool> queued_{false};  // in the loop's inbox (written under the inbox's lock)
-
-  // Loop thread: the stop request reaches the awaiter.
-  void deliver() noexcept { cancel_(awaiter_); }
-
  private:
-  struct callback {
-    cancel_point* self;
-    void operator()() const noexcept {
-      if (current_loop() == self->loop_) {
-        self->deliver();
-      } else {
-        self->loop_->queue_cancel(*self);
-      }
-    }
-  };
+  [[gnu::noinline]] void drop_request() noexcept {
+    request_->stop_listening();
+    delete std::exchange(request_, nullptr);
+  }
 
-  loop_hooks* loop_ = nullptr;
-  cancel_fn cancel_ = nullptr;
-  void* awaiter_ = nullptr;
-  std::optional<std::stop_callback<callback>> callback_;
+  cancel_request* request_ = nullptr;
 };
 
 }  // namespace coselect::detail

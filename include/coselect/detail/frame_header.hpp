@@ -12,7 +12,6 @@
 #include <new>
 #include <stop_token>
 
-#include "cancel_point.hpp"
 #include "wait_node.hpp"
 
 namespace coselect::detail {
@@ -69,6 +68,8 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   static void deallocate(void* frame_address) noexcept { of(frame_address).release(); }
 
   void retain() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+  // The first handle of a frame nobody else sees yet (spawn): no atomic read-modify-write.
+  void retain_unshared() noexcept { refs_.store(2, std::memory_order_relaxed); }
   void release() noexcept {
     // One reference left: nobody else holds the header, and nobody can take one any more.
     if (refs_.load(std::memory_order_acquire) == 1 ||
@@ -77,6 +78,15 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
       this->~frame_header();
       ::operator delete(static_cast<void*>(this));
     }
+  }
+  // A JoinHandle lets go. `on_owner_loop`: the caller runs the loop that owns the frame, so
+  // the frame cannot let go of its own reference concurrently (it does so only on that thread).
+  void release_handle(bool on_owner_loop) noexcept {
+    if (on_owner_loop && refs_.load(std::memory_order_relaxed) == 2) {
+      refs_.store(1, std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
+      return;
+    }
+    release();
   }
   bool has_other_references() const noexcept { return refs_.load(std::memory_order_acquire) > 1; }
 
@@ -104,6 +114,7 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   // The frame is being destroyed (its task finished, or its scheduler went away): done() turns
   // true and every joiner resumes on its own loop.
   void finish() noexcept {
+    if (refs_.load(std::memory_order_acquire) == 1) return;  // no handle: nobody can look
     flags_.fetch_or(kDone, std::memory_order_seq_cst);
     join_control* c = control();
     if (c == nullptr) return;
@@ -121,5 +132,41 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   std::atomic<join_control*> control_{nullptr};
 };
 static_assert(sizeof(frame_header) % __STDCPP_DEFAULT_NEW_ALIGNMENT__ == 0);
+
+// The stop token a coroutine runs under, kept in coselect's promises (Task); other coroutine
+// types have none (their awaits are never cancelled). One word: a token pointer (null: nothing
+// can ever stop it), or, for a spawned task until its first cancellable await (or Task await,
+// or get_stop_token), its frame_header with the low bit set: its own token is made then, and
+// only if a JoinHandle that could stop it still exists. So a spawned task whose handle was
+// dropped costs nothing, not even a stored awaiter. Only the coroutine's own execution reads
+// or writes it.
+class stop_token_holder {
+ public:
+  const std::stop_token* token() {
+    if ((bits_ & kOwn) != 0) resolve_own();
+    return reinterpret_cast<const std::stop_token*>(bits_);
+  }
+  void set_token(const std::stop_token* t) noexcept { bits_ = reinterpret_cast<std::uintptr_t>(t); }
+  void set_own_token(frame_header& header) noexcept {
+    bits_ = reinterpret_cast<std::uintptr_t>(&header) | kOwn;
+  }
+
+ private:
+  static constexpr std::uintptr_t kOwn = 1;
+  static_assert(alignof(frame_header) > 1 && alignof(std::stop_token) > 1);
+
+  void resolve_own() {
+    frame_header& header = *reinterpret_cast<frame_header*>(bits_ & ~kOwn);
+    if (join_control* c = header.control()) {
+      set_token(&c->token);
+    } else if (header.has_other_references()) {
+      set_token(&header.control_or_create().token);
+    } else {
+      set_token(nullptr);  // no handle left: none can appear any more
+    }
+  }
+
+  std::uintptr_t bits_ = 0;
+};
 
 }  // namespace coselect::detail

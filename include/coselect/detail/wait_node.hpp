@@ -16,7 +16,7 @@ class WaitableEvent;
 namespace coselect::detail {
 
 class loop_hooks;
-class cancel_point;
+class cancel_request;
 
 // One deadline in a loop's timer heap. `fire` runs on the loop thread when the deadline passes
 // (or virtual time reaches it); the node has already been removed from the heap by then.
@@ -109,9 +109,9 @@ class loop_hooks {
   // Any thread: resume h on the loop thread (never inline); wakes the loop.
   virtual void resume_soon(std::coroutine_handle<> h) = 0;
   // Any thread: deliver a stop request to `c` on the loop thread (cancel_point.hpp); wakes it.
-  virtual void queue_cancel(cancel_point& c) noexcept = 0;
+  virtual void queue_cancel(cancel_request& c) noexcept = 0;
   // Loop thread: forget `c` if it is still queued (its wait ended first).
-  virtual void unqueue_cancel(cancel_point& c) noexcept = 0;
+  virtual void unqueue_cancel(cancel_request& c) noexcept = 0;
 
  protected:
   ~loop_hooks() = default;
