@@ -590,6 +590,34 @@ TEST(JoinHandle, JoinFromAnotherSchedulerResumesOnTheJoinersThread) {
   EXPECT_EQ(resumed_on, thread_id());
 }
 
+TEST(JoinHandle, SpawnedCancelledAndJoinedFromAnotherThreadWhileTheLoopRuns) {
+  Scheduler s;
+  WaitableEvent spawned;
+  JoinHandle h;
+  bool canceled = false;
+  std::thread spawner;
+  auto sleeper = [&]() -> Task<void> {
+    try {
+      co_await coselect::sleep_for(1h);
+    } catch (const std::system_error& e) {
+      canceled = is_canceled(e);
+    }
+  };
+  auto main = [&]() -> Task<void> {
+    spawner = std::thread([&] {
+      h = s.spawn(sleeper());
+      h.cancel();
+      spawned.set();
+    });
+    co_await spawned.wait();
+    co_await h.join();
+  };
+  s.run(main());
+  spawner.join();
+  EXPECT_TRUE(canceled);
+  EXPECT_TRUE(h.done());
+}
+
 TEST(JoinHandle, CancelFromManyThreadsAtOnce) {
   Scheduler s;
   JoinHandle h = s.spawn([]() -> Task<void> { co_await coselect::sleep_for(1h); }());

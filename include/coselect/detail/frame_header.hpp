@@ -83,7 +83,8 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   // the frame cannot let go of its own reference concurrently (it does so only on that thread).
   void release_handle(bool on_owner_loop) noexcept {
     if (on_owner_loop && refs_.load(std::memory_order_relaxed) == 2) {
-      refs_.store(1, std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
+      refs_.store(1,
+                  std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
       return;
     }
     release();
@@ -143,20 +144,22 @@ static_assert(sizeof(frame_header) % __STDCPP_DEFAULT_NEW_ALIGNMENT__ == 0);
 class stop_token_holder {
  public:
   const std::stop_token* token() {
-    if ((bits_ & kOwn) != 0) resolve_own();
-    return reinterpret_cast<const std::stop_token*>(bits_);
+    if (is_own()) resolve_own();
+    return static_cast<const std::stop_token*>(word_);
   }
-  void set_token(const std::stop_token* t) noexcept { bits_ = reinterpret_cast<std::uintptr_t>(t); }
+  void set_token(const std::stop_token* t) noexcept { word_ = t; }
   void set_own_token(frame_header& header) noexcept {
-    bits_ = reinterpret_cast<std::uintptr_t>(&header) | kOwn;
+    word_ = reinterpret_cast<const char*>(&header) + 1;  // odd: no token is at an odd address
   }
 
  private:
-  static constexpr std::uintptr_t kOwn = 1;
   static_assert(alignof(frame_header) > 1 && alignof(std::stop_token) > 1);
 
+  bool is_own() const noexcept { return (reinterpret_cast<std::uintptr_t>(word_) & 1) != 0; }
+
   void resolve_own() {
-    frame_header& header = *reinterpret_cast<frame_header*>(bits_ & ~kOwn);
+    auto& header = const_cast<frame_header&>(
+        *reinterpret_cast<const frame_header*>(static_cast<const char*>(word_) - 1));
     if (join_control* c = header.control()) {
       set_token(&c->token);
     } else if (header.has_other_references()) {
@@ -166,7 +169,7 @@ class stop_token_holder {
     }
   }
 
-  std::uintptr_t bits_ = 0;
+  const void* word_ = nullptr;
 };
 
 }  // namespace coselect::detail
