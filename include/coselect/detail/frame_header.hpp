@@ -1,7 +1,9 @@
-// What a JoinHandle refers to: a small header allocated in front of every Task frame, which
-// outlives the frame for as long as handles to it exist. A spawned task whose handle was dropped
-// at once (the common case) costs nothing more than the header's 16 bytes: no allocation, no
-// stop source. The rest (stop source, joiners) is allocated the first time someone needs it.
+// What a JoinHandle refers to: a small header allocated in front of every Task frame that the
+// Task promise's operator new allocates, which outlives the frame for as long as handles to it
+// exist. Only spawned frames use it (a frame whose allocation the compiler elided has none;
+// a spawned frame's handle escapes, so its allocation never is). A spawned task whose handle
+// was dropped at once (the common case) costs nothing more than the header's 16 bytes: no
+// allocation, no stop source. The rest (stop source, joiners) is allocated when first needed.
 #pragma once
 
 #include <atomic>
