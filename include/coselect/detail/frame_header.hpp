@@ -82,11 +82,13 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
     }
   }
   // A JoinHandle lets go. `on_owner_loop`: the caller runs the loop that owns the frame, so
-  // the frame cannot let go of its own reference concurrently (it does so only on that thread).
+  // the frame cannot end, nor let go of its reference, concurrently (it does both only on that
+  // thread). While the frame lives, two references are the frame's and this handle's: then no
+  // other thread can touch the count, and no atomic read-modify-write is needed.
   void release_handle(bool on_owner_loop) noexcept {
-    if (on_owner_loop && refs_.load(std::memory_order_relaxed) == 2) {
-      refs_.store(1,
-                  std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
+    if (on_owner_loop && (flags_.load(std::memory_order_relaxed) & kDone) == 0 &&
+        refs_.load(std::memory_order_relaxed) == 2) {
+      refs_.store(1, std::memory_order_relaxed);
       return;
     }
     release();
