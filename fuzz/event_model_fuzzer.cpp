@@ -1188,7 +1188,7 @@ class Harness {
         MODEL_CHECK(r.state == CoState::done, "a waiter of a destroyed event was not resumed");
       }
       if (r.must_end) {
-        MODEL_CHECK(r.state == CoState::done,
+        MODEL_CHECK(r.state == CoState::done || r.state == CoState::skipped,
                     "a coroutine cancelled while waiting was not resumed");
       }
       if (r.handoff_synced) {
