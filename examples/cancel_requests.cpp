@@ -10,6 +10,7 @@
 #include <coselect.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -40,7 +41,9 @@ class Worker {
     thread_ = std::thread([name, delay, peer = fds[1]] {
       char request[64];
       while (::read(peer, request, sizeof request) > 0) {
-        std::this_thread::sleep_for(delay);
+        // Take `delay` to answer; our end shutting down (the Worker going away) ends it early.
+        pollfd hangup{peer, POLLIN, 0};
+        if (::poll(&hangup, 1, static_cast<int>(delay.count())) != 0) break;
         if (name == "broken") break;  // hangs up instead of answering
         const std::string reply = name + " says hi";
         if (::send(peer, reply.data(), reply.size(), MSG_NOSIGNAL) < 0) break;
@@ -81,7 +84,7 @@ Task<std::string> fetch(const Worker& w) {
 
 // A request handler racing the reply against a timeout.
 Task<std::string> handle_request(const Worker& w) {
-  std::optional<std::string> reply = co_await coselect::with_timeout(100ms, fetch(w));
+  std::optional<std::string> reply = co_await coselect::with_timeout(1s, fetch(w));
   co_return reply ? *reply : "timed out";
 }
 
@@ -113,15 +116,15 @@ int main(int argc, char** argv) {
   coselect::Scheduler loop;
   auto scenarios = []() -> Task<std::vector<std::string>> {
     std::vector<std::string> out;
-    Worker quick("quick", 10ms), slow("slow", 300ms);
+    Worker quick("quick", 10ms), slow("slow", 10s);
     out.push_back(co_await handle_request(quick));
     out.push_back(co_await handle_request(slow));
-    Worker replica0("replica", 300ms), replica1("replica", 10ms);
+    Worker replica0("replica", 10s), replica1("replica", 10ms);
     out.push_back(co_await fastest(replica0, replica1));
     Worker a("a", 10ms), b("b", 20ms), c("c", 30ms);
     const std::vector<const Worker*> healthy{&a, &b, &c};
     out.push_back(co_await fan_out(healthy));
-    Worker late("late", 300ms), broken("broken", 30ms), fine("fine", 10ms);
+    Worker late("late", 10s), broken("broken", 30ms), fine("fine", 10ms);
     const std::vector<const Worker*> failing{&late, &broken, &fine};
     out.push_back(co_await fan_out(failing));
     co_return out;

@@ -1331,7 +1331,7 @@ class Harness {
       if (r.must_cancel) {
         MODEL_CHECK(r.state == CoState::done, "a waiter of a destroyed event was not resumed");
       }
-      if (r.must_end) {  // (skipped: its event was destroyed before it started)
+      if (r.must_end) {
         MODEL_CHECK(r.state == CoState::done || r.state == CoState::skipped,
                     "a coroutine cancelled while waiting was not resumed");
       }

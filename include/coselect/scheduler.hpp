@@ -214,7 +214,8 @@ class Scheduler final : private detail::loop_hooks,
     if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
     auto frame = t.release();
     detail::frame_header& header = detail::frame_header::of(frame.address());
-    frame.promise().owned_frame = frame;  // also marks it as having JoinHandles to tell
+    frame.promise().owned_frame = frame;
+    frame.promise().spawned = true;  // its handle escapes here: the frame is on the heap
     if (token != nullptr) {
       frame.promise().set_token(token);
     } else {
@@ -670,7 +671,7 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   static bool ended_by_own_cancel(const detail::task_promise_base& p) noexcept {
-    return detail::frame_header::of(p.owned_frame.address()).cancel_requested() &&
+    return p.spawned && detail::frame_header::of(p.owned_frame.address()).cancel_requested() &&
            detail::is_operation_canceled(p.exception);
   }
 

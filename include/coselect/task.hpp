@@ -46,6 +46,11 @@ class task_owner {
 struct task_promise_base : stop_token_holder {
   std::coroutine_handle<> continuation{};
   std::atomic<bool> handed_off{false};
+  // Scheduler::spawn made it: its frame has a header (frame_header.hpp) with JoinHandles to
+  // tell when it ends. Only spawned frames may use the header: a frame whose handle never
+  // escapes (a Task created and awaited or run in one function) may have had its allocation
+  // elided by the compiler (clang's HALO), and then there is no header in front of it.
+  bool spawned = false;
   std::exception_ptr exception{};
   task_owner* owner = nullptr;  // set while a scheduler runs or owns this frame at the top
   task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
@@ -56,7 +61,7 @@ struct task_promise_base : stop_token_holder {
   task_promise_base(const task_promise_base&) = delete;
   task_promise_base& operator=(const task_promise_base&) = delete;
   ~task_promise_base() {
-    if (owned_frame) frame_header::of(owned_frame.address()).finish();  // tell its JoinHandles
+    if (spawned) frame_header::of(owned_frame.address()).finish();  // tell its JoinHandles
   }
 
   static void* operator new(std::size_t size) { return frame_header::allocate(size); }

@@ -72,12 +72,14 @@ inline bool is_operation_canceled(const std::exception_ptr& e) noexcept {
   return false;
 }
 
+// An awaitable's reaction to a stop, on the loop thread: end the wait as canceled if it still
+// pends (see the file comment).
+using cancel_fn = void (*)(void* awaiter) noexcept;
+
 // A wait that a stop token can end: what the loop's cancel inbox holds. Allocated by
 // cancel_point::arm only when the awaiting coroutine's token can be stopped.
 class cancel_request {
  public:
-  // Loop thread: end the wait as canceled if it still pends (see the file comment).
-  using cancel_fn = void (*)(void* awaiter) noexcept;
 
   cancel_request(loop_hooks& loop, cancel_fn cancel, void* awaiter) noexcept
       : loop_(loop), cancel_(cancel), awaiter_(awaiter) {}
@@ -123,8 +125,6 @@ class cancel_request {
 // coroutine's token can be stopped. Not movable once armed.
 class cancel_point {
  public:
-  using cancel_fn = cancel_request::cancel_fn;
-
   cancel_point() = default;
   // Awaiters move before they are awaited, never while armed: a move starts unarmed.
   cancel_point(cancel_point&&) noexcept {}

@@ -1,7 +1,9 @@
-// What a JoinHandle refers to: a small header allocated in front of every Task frame, which
-// outlives the frame for as long as handles to it exist. A spawned task whose handle was dropped
-// at once (the common case) costs nothing more than the header's 16 bytes: no allocation, no
-// stop source. The rest (stop source, joiners) is allocated the first time someone needs it.
+// What a JoinHandle refers to: a small header allocated in front of every Task frame that the
+// Task promise's operator new allocates, which outlives the frame for as long as handles to it
+// exist. Only spawned frames use it (a frame whose allocation the compiler elided has none;
+// a spawned frame's handle escapes, so its allocation never is). A spawned task whose handle
+// was dropped at once (the common case) costs nothing more than the header's 16 bytes: no
+// allocation, no stop source. The rest (stop source, joiners) is allocated when first needed.
 #pragma once
 
 #include <atomic>
@@ -80,13 +82,13 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
     }
   }
   // A JoinHandle lets go. `on_owner_loop`: the caller runs the loop that owns the frame, so
-  // the frame cannot let go of its own reference concurrently (it does so only on that thread).
-  // Only while the frame lives (not done) do 2 references mean "the frame and this handle": once
-  // it is gone they are two handles, and the other may be released on another thread right now.
+  // the frame cannot end, nor let go of its reference, concurrently (it does both only on that
+  // thread). While the frame lives, two references are the frame's and this handle's: then no
+  // other thread can touch the count, and no atomic read-modify-write is needed.
   void release_handle(bool on_owner_loop) noexcept {
-    if (on_owner_loop && !done() && refs_.load(std::memory_order_relaxed) == 2) {
-      refs_.store(1,
-                  std::memory_order_relaxed);  // the only handle: no other thread can touch refs_
+    if (on_owner_loop && (flags_.load(std::memory_order_relaxed) & kDone) == 0 &&
+        refs_.load(std::memory_order_relaxed) == 2) {
+      refs_.store(1, std::memory_order_relaxed);
       return;
     }
     release();
