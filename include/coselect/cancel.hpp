@@ -78,7 +78,7 @@ inline detail::get_stop_token_awaiter get_stop_token() noexcept {
 // throws operation_canceled and leaves nothing behind). Resumes where `a` resumes.
 template <class A>
 Task<detail::await_result_t<A>> with_stop_token(std::stop_token token, A a) {
-  detail::stop_token_holder* self = co_await detail::own_token_holder{};
+  detail::stop_token_holder* self = co_await detail::own_token_holder();
   const std::stop_token* caller = detail::stoppable(self);
   if (caller == nullptr) {
     self->set_token(&token);  // nothing else can stop us: no stop source needed
@@ -107,7 +107,7 @@ template <class Rep, class Period, class A>
 Task<timeout_result_t<detail::await_result_t<A>>> with_timeout(std::chrono::duration<Rep, Period> d,
                                                                A a) {
   using T = detail::await_result_t<A>;
-  detail::stop_token_holder* self = co_await detail::own_token_holder{};
+  detail::stop_token_holder* self = co_await detail::own_token_holder();
   Scheduler& loop = detail::scheduler_access::current_or_throw("with_timeout()");
   const std::stop_token* caller = detail::stoppable(self);
   detail::linked_stop_source deadline(caller);

@@ -74,6 +74,7 @@ struct when_all_notifier {
 // Awaits a task's completion without taking its value or exception.
 template <class T>
 struct completion_of {
+  explicit completion_of(Task<T>& t) noexcept : task(t) {}
   Task<T>& task;
   bool await_ready() const noexcept { return !task.valid() || task.done(); }
   bool await_suspend(std::coroutine_handle<> awaiting) const {
@@ -84,7 +85,7 @@ struct completion_of {
 
 template <class T>
 when_all_notifier notify_when_done(Task<T>& task) {
-  co_await completion_of<T>{task};
+  co_await completion_of<T>(task);
 }
 
 // Children run under `token` (the combinator's caller's, or when_any's own).
@@ -163,7 +164,7 @@ void rethrow_failure(Task<T>& task) {
 // finished before it suspended).
 template <class... Ts>
 Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
-  detail::stop_token_holder* self = co_await detail::own_token_holder{};
+  detail::stop_token_holder* self = co_await detail::own_token_holder();
   (detail::run_under(tasks, self->token()), ...);
   std::vector<detail::when_all_notifier> notifiers;
   notifiers.reserve(sizeof...(Ts));
@@ -181,7 +182,7 @@ namespace detail {
 template <class T>
 Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks(
     std::vector<Task<T>> tasks) {
-  stop_token_holder* self = co_await own_token_holder{};
+  stop_token_holder* self = co_await own_token_holder();
   std::vector<when_all_notifier> notifiers;
   notifiers.reserve(tasks.size());
   for (Task<T>& t : tasks) {

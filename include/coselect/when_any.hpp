@@ -39,7 +39,7 @@ struct when_any_race {
 
 template <class T>
 when_all_notifier notify_race(Task<T>& task, when_any_race& race, std::size_t index) {
-  co_await completion_of<T>{task};
+  co_await completion_of<T>(task);
   race.finished(index);
 }
 
@@ -56,7 +56,7 @@ using when_any_range_result =
 
 template <class T>
 Task<when_any_range_result<T>> when_any_tasks(std::vector<Task<T>> tasks) {
-  stop_token_holder* self = co_await own_token_holder{};
+  stop_token_holder* self = co_await own_token_holder();
   when_any_race race(stoppable(self));
   std::vector<when_all_notifier> notifiers;
   notifiers.reserve(tasks.size());
@@ -87,7 +87,7 @@ Task<when_any_range_result<T>> when_any_tasks(std::vector<Task<T>> tasks) {
 template <class... Ts>
 requires(sizeof...(Ts) >
          0) Task<std::variant<detail::when_all_value<Ts>...>> when_any(Task<Ts>... tasks) {
-  detail::stop_token_holder* self = co_await detail::own_token_holder{};
+  detail::stop_token_holder* self = co_await detail::own_token_holder();
   detail::when_any_race race(detail::stoppable(self));
   (detail::run_under(tasks, race.stop.token()), ...);
   std::vector<detail::when_all_notifier> notifiers;

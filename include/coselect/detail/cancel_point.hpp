@@ -44,8 +44,10 @@ const std::stop_token* stop_token_of(std::coroutine_handle<Promise> h) {
 
 // co_await own_token_holder(): the awaiting coroutine's stop_token_holder (null for coroutine
 // types that have none), without suspending. Combinators use it to read or replace the token
-// their children inherit.
+// their children inherit. (A constructor, not brace initialisation: GCC 12.2 mishandles
+// co_await of brace-initialised aggregates.)
 struct own_token_holder {
+  own_token_holder() noexcept {}
   stop_token_holder* holder = nullptr;
   bool await_ready() const noexcept { return false; }
   template <class Promise>
@@ -80,7 +82,6 @@ using cancel_fn = void (*)(void* awaiter) noexcept;
 // cancel_point::arm only when the awaiting coroutine's token can be stopped.
 class cancel_request {
  public:
-
   cancel_request(loop_hooks& loop, cancel_fn cancel, void* awaiter) noexcept
       : loop_(loop), cancel_(cancel), awaiter_(awaiter) {}
   cancel_request(const cancel_request&) = delete;
