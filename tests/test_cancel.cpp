@@ -453,7 +453,8 @@ TEST(StopToken, AwaitedTasksAndWhenAllChildrenInheritIt) {
     seen.push_back(b);
     std::vector<Task<std::stop_token>> tasks;
     tasks.push_back(token_of());
-    for (auto& t : co_await coselect::when_all(std::move(tasks)))
+    std::vector<std::stop_token> tokens = co_await coselect::when_all(std::move(tasks));
+    for (auto& t : tokens)
       seen.push_back(t);
   };
   s.run(coselect::with_stop_token(stop.get_token(), body()));

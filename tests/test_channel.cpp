@@ -503,7 +503,9 @@ TEST(Channel, ExactlyOnceAcrossThreadsAndCoroutinesWithCancellation) {
         if (!v) break;
         record(*v, order);
       }
-      if (i % 64 == 0) co_await coselect::yield_now();
+      if (i % 64 == 0) {
+        co_await coselect::yield_now();
+      }
     }
   };
   auto coroutine_producer = [&]() -> Task<void> {

@@ -238,7 +238,9 @@ TEST(Mutex, ExcludesAcrossSchedulersAndThreads) {
       MutexGuard g = co_await m.lock();
       if (++inside != 1) overlap = true;
       const int seen = counter;
-      if (i % 8 == 0) co_await coselect::yield_now();
+      if (i % 8 == 0) {
+        co_await coselect::yield_now();
+      }
       counter = seen + 1;
       --inside;
     }

@@ -121,6 +121,8 @@ auto collect_tasks(Range&& range) {
 
 // Starts every child and suspends the parent until all have finished.
 struct when_all_starter {
+  when_all_starter(std::vector<when_all_notifier>& n, when_all_latch& l) noexcept
+      : notifiers(n), latch(l) {}
   std::vector<when_all_notifier>& notifiers;
   when_all_latch& latch;
   bool await_ready() const noexcept { return notifiers.empty(); }
@@ -170,7 +172,7 @@ Task<std::tuple<detail::when_all_value<Ts>...>> when_all(Task<Ts>... tasks) {
   notifiers.reserve(sizeof...(Ts));
   (notifiers.push_back(detail::notify_when_done(tasks)), ...);
   detail::when_all_latch latch(sizeof...(Ts));
-  co_await detail::when_all_starter{notifiers, latch};
+  co_await detail::when_all_starter(notifiers, latch);
   (detail::rethrow_failure(tasks), ...);
   co_return std::tuple<detail::when_all_value<Ts>...>(detail::take_result(tasks)...);
 }
@@ -190,7 +192,7 @@ Task<std::conditional_t<std::is_void_v<T>, void, std::vector<T>>> when_all_tasks
     notifiers.push_back(notify_when_done(t));
   }
   when_all_latch latch(tasks.size());
-  co_await when_all_starter{notifiers, latch};
+  co_await when_all_starter(notifiers, latch);
   for (Task<T>& t : tasks)
     rethrow_failure(t);
   if constexpr (std::is_void_v<T>) {

@@ -65,7 +65,7 @@ Task<when_any_range_result<T>> when_any_tasks(std::vector<Task<T>> tasks) {
     notifiers.push_back(notify_race(tasks[i], race, i));
   }
   when_all_latch latch(tasks.size());
-  co_await when_all_starter{notifiers, latch};
+  co_await when_all_starter(notifiers, latch);
   const std::size_t winner = race.winner.load(std::memory_order_acquire);
   if constexpr (std::is_void_v<T>) {
     take_result(tasks[winner]);
@@ -95,7 +95,7 @@ requires(sizeof...(Ts) >
   std::size_t index = 0;
   (notifiers.push_back(detail::notify_race(tasks, race, index++)), ...);
   detail::when_all_latch latch(sizeof...(Ts));
-  co_await detail::when_all_starter{notifiers, latch};
+  co_await detail::when_all_starter(notifiers, latch);
   co_return detail::take_winner<std::variant<detail::when_all_value<Ts>...>>(
       race.winner.load(std::memory_order_acquire), std::index_sequence_for<Ts...>{}, tasks...);
 }
