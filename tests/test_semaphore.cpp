@@ -148,7 +148,9 @@ TEST(Semaphore, BoundsConcurrencyAcrossThreads) {
     for (int i = 0; i < rounds; ++i) {
       co_await s.acquire();
       enter();
-      if (i % 4 == 0) co_await coselect::yield_now();
+      if (i % 4 == 0) {
+        co_await coselect::yield_now();
+      }
       --holding;
       s.release();
     }

@@ -410,7 +410,9 @@ struct Soak {
         if (!v) break;
         channel_got(*v, last);
       }
-      if (rng() % 16 == 0) co_await coselect::yield_now();
+      if (rng() % 16 == 0) {
+        co_await coselect::yield_now();
+      }
     }
     coroutine_left();
   }
