@@ -18,7 +18,8 @@ namespace detail {
 
 // Suspends until the loop's backend reports the fd ready (or the timeout passes). Any open fd
 // will do. Bad fds (negative: EINVAL; closed: EBADF, also closed while waiting, except under
-// epoll, where that is not allowed) throw std::system_error in the awaiting coroutine, and
+// epoll, where that is not allowed) throw std::system_error in the awaiting coroutine (a closed
+// one once the loop's backend has looked at it, a negative one at once), and
 // Scheduler::cancel_io(fd) makes it throw operation_canceled; the loop keeps running.
 class fd_awaiter {
  public:
@@ -40,7 +41,9 @@ class fd_awaiter {
 
   bool await_ready() {
     scheduler_ = &scheduler_access::current_or_throw(node_.for_write ? "writable()" : "readable()");
-    check_fd(node_.fd);
+    // Only the cheap check here: a closed fd is reported by the backend's own wait (select's
+    // EBADF, poll's POLLNVAL, epoll_ctl's EBADF), so the hot path makes no extra system call.
+    check_fd_number(node_.fd);
     if (timeout_ && timeout_->count() <= 0) {  // a poll: answer now
       node_.outcome = poll_now() ? wait_outcome::released : wait_outcome::timed_out;
       return true;
@@ -99,14 +102,24 @@ class fd_awaiter {
     scheduler_access::make_ready(*a.scheduler_, a.node_.handle);
   }
 
-  bool poll_now() const { return ready_now(node_.fd, node_.for_write); }
+  // A zero timeout answers here, without the loop: a closed fd is EBADF like anywhere else.
+  bool poll_now() const {
+    short revents = 0;
+    const bool ready = ready_now(node_.fd, node_.for_write, &revents);
+    if (revents & POLLNVAL) {
+      throw std::system_error(EBADF, std::system_category(), "coselect: fd is not open");
+    }
+    return ready;
+  }
 
   // One poll() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
-  // reported by the loop's own wait).
-  static bool ready_now(int fd, bool for_write) noexcept {
+  // reported by the loop's own wait, or by poll_now).
+  static bool ready_now(int fd, bool for_write, short* revents = nullptr) noexcept {
     pollfd p{fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
-    return poll_for(&p, 1, std::chrono::nanoseconds::zero()) > 0 &&
-           (p.revents & (for_write ? poll_writable : poll_readable)) != 0;
+    const bool ready = poll_for(&p, 1, std::chrono::nanoseconds::zero()) > 0 &&
+                       (p.revents & (for_write ? poll_writable : poll_readable)) != 0;
+    if (revents != nullptr) *revents = p.revents;
+    return ready;
   }
 
   std::optional<std::chrono::nanoseconds> timeout_;

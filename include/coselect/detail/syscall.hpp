@@ -80,12 +80,17 @@ inline bool fd_is_open(int fd) noexcept {
   return ::fcntl(fd, F_GETFD) != -1 || errno != EBADF;
 }
 
-// Checks an fd before a coroutine waits on it: any open descriptor will do (no backend has an
-// fd cap); a negative one is EINVAL, a closed one EBADF.
-inline void check_fd(int fd) {
+// The check that costs no system call: a negative fd is EINVAL.
+inline void check_fd_number(int fd) {
   if (fd < 0) {
     throw std::system_error(EINVAL, std::system_category(), "coselect: fd is negative");
   }
+}
+
+// Checks an fd before it is registered for good (a dispatcher): any open descriptor will do (no
+// backend has an fd cap); a negative one is EINVAL, a closed one EBADF.
+inline void check_fd(int fd) {
+  check_fd_number(fd);
   if (!fd_is_open(fd)) {
     throw std::system_error(EBADF, std::system_category(), "coselect: fd is not open");
   }
