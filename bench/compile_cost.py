@@ -1,9 +1,13 @@
 #!/usr/bin/env python3
-"""Compile cost: wall time and peak memory of `g++ -std=c++20 -O2` building a hello world that
-includes <coselect.hpp>, <asio.hpp>, or only the standard and POSIX headers coselect uses.
+"""Compile cost: wall time, CPU time and peak memory of `g++ -std=c++20 -O2` building the hello
+world (a coroutine awaits an event that another thread sets) on coselect, on standalone Asio, and
+by hand on bare POSIX (the floor); also a program that only includes the standard and POSIX
+headers coselect uses ("std"), and, with --headers, one row per public header
+(`#include <coselect/X.hpp>` and an empty main: what including that header alone costs).
 
 Each probe is compiled and linked --reps times under /usr/bin/time -v, round-robin so that a
 burst of load hits every probe alike. Writes Google-Benchmark-like JSON (one entry per run).
+--include and --prefix measure another include/ tree (bench/before_after.sh uses them).
 """
 import argparse
 import json
@@ -12,7 +16,7 @@ import re
 import subprocess
 import tempfile
 
-PROBES = ["std", "coselect", "asio"]
+PROBES = ["posix", "std", "coselect", "asio"]
 
 
 def measure(cxx, source, include, out):
@@ -36,22 +40,34 @@ def main():
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--out", required=True)
     ap.add_argument("--cxx", default="g++")
+    ap.add_argument("--include", help="the include/ tree to measure (default: this tree's)")
+    ap.add_argument("--prefix", default="", help="prefix for the result names, e.g. 'before/'")
+    ap.add_argument("--headers", action="store_true", help="also one row per public header")
     args = ap.parse_args()
 
     here = os.path.dirname(os.path.abspath(__file__))
-    include = os.path.join(os.path.dirname(here), "include")
+    include = args.include or os.path.join(os.path.dirname(here), "include")
     version = subprocess.run([args.cxx, "--version"], capture_output=True,
                              text=True).stdout.splitlines()[0]
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
+        sources = {f"compile/{p}": os.path.join(here, "compile", f"hello_{p}.cpp") for p in PROBES}
+        if args.headers:
+            for header in sorted(os.listdir(os.path.join(include, "coselect"))):
+                if not header.endswith(".hpp") or header == "testing.hpp":  # needs GoogleTest
+                    continue
+                src = os.path.join(tmp, f"header_{header}.cpp")
+                with open(src, "w") as f:
+                    f.write(f"#include <coselect/{header}>\nint main() {{ return 0; }}\n")
+                sources[f"compile/header/{header}"] = src
         for rep in range(args.reps):
-            for probe in PROBES:
-                src = os.path.join(here, "compile", f"hello_{probe}.cpp")
-                wall, cpu, rss = measure(args.cxx, src, include, os.path.join(tmp, probe))
-                print(f"compile/{probe}: {wall:.2f} s wall, {cpu:.2f} s cpu, {rss / 1024:.0f} MiB")
+            for probe, src in sources.items():
+                wall, cpu, rss = measure(args.cxx, src, include, os.path.join(tmp, "a.out"))
+                name = args.prefix + probe
+                print(f"{name}: {wall:.2f} s wall, {cpu:.2f} s cpu, {rss / 1024:.0f} MiB")
                 runs.append({
-                    "name": f"compile/{probe}",
-                    "run_name": f"compile/{probe}",
+                    "name": name,
+                    "run_name": name,
                     "run_type": "iteration",
                     "repetition_index": rep,
                     "wall_s": wall,

@@ -95,9 +95,12 @@ COMPARISONS = [
     (f"echo, {c:,} connections, epoll", "message", f"echo/coselect_epoll/conns:{c}",
      f"echo/asio_handlers/conns:{c}", WALL, 1.0, "<= 1") for c in (100, 1000, 10000)
 ] + [
-    ("compile hello world", "build", "compile/coselect", "compile/asio", "cpu_s", 0.5, "<= 0.5"),
-    ("compile hello world", "build", "compile/coselect", "compile/asio", "peak_rss_MiB", 0.5,
-     "<= 0.5"),
+    ("compile hello world", "build", "compile/coselect", "compile/asio", "cpu_s", 0.4, "<= 0.4"),
+    ("compile hello world", "build", "compile/coselect", "compile/asio", "peak_rss_MiB", 0.4,
+     "<= 0.4"),
+    ("compile hello world", "build", "compile/coselect", "compile/posix", "cpu_s", 1.5, "<= 1.5"),
+    ("compile hello world", "build", "compile/coselect", "compile/posix", "peak_rss_MiB", 1.5,
+     "<= 1.5"),
     ("compile hello world", "build", "compile/coselect", "compile/std", "cpu_s", None, ""),
 ]
 
@@ -521,8 +524,9 @@ def main():
         cells = [fmt_stats(stats(runs, name, m)) if stats(runs, name, m) else ""
                  for m in (WALL, CPU, HEAP, RSS)]
         out.append(f"| {name} | " + " | ".join(cells) + " |")
-    for probe in ("std", "coselect", "asio"):
-        name = f"compile/{probe}"
+    compile_rows = ["compile/posix", "compile/std", "compile/coselect", "compile/asio"]
+    compile_rows += sorted(n for n in runs if n.startswith("compile/header/"))
+    for name in compile_rows:
         if name in runs:
             out.append(f"| {name} | {fmt_stats(stats(runs, name, 'wall_s'))} s | "
                        f"{fmt_stats(stats(runs, name, 'cpu_s'))} s | | "
@@ -547,5 +551,92 @@ def main():
     print(f"wrote {md}, {RESULTS}/ratios.svg, {RESULTS}/fd_scaling.svg, {RESULTS}/echo.svg")
 
 
+# Issue 13's table: (work, metric, coselect, floor, Asio, [(goal ratio or absolute, against, text)])
+BEFORE_AFTER = [
+    ("in-loop hand-off (set -> same-loop waiter)", CPU, "handoff/coselect_event",
+     "handoff/floor_ready_queue", "handoff/asio_channel", [(25, None, "<= 25 ns")]),
+    ("100k waiters released by one set(), per waiter", CPU, "broadcast/coselect_event",
+     "broadcast/floor_ready_queue", "broadcast/asio_timer_cancel", [(20, None, "<= 20 ns")]),
+    ("spawn + run, steady state", CPU, "spawn/coselect", "spawn/floor_ready_queue",
+     "spawn/asio_co_spawn", [(35, None, "<= 35 ns")]),
+    ("bytes per suspended coroutine", HEAP, "broadcast/coselect_event",
+     "broadcast/floor_ready_queue", "broadcast/asio_timer_cancel", [(150, None, "<= 150 B")]),
+    ("1M one-shot timers (call_later), CPU per timer", CPU, "timers/coselect_call_later",
+     "timers/floor_priority_queue", "timers/asio_steady_timer",
+     [(2.0, "floor", "<= 2x floor"), (0.5, "asio", "<= 0.5x Asio")]),
+    ("bytes per one-shot timer", HEAP, "timers/coselect_call_later",
+     "timers/floor_priority_queue", "timers/asio_steady_timer", [(64, None, "<= 64 B")]),
+    ("1M sleep_for, CPU per sleeper", CPU, "timers/coselect_sleep_for",
+     "timers/floor_priority_queue", "timers/asio_awaitable_timer",
+     [(0.3, "asio", "<= 0.3x Asio")]),
+    ("bytes per sleeping coroutine", HEAP, "timers/coselect_sleep_for",
+     "timers/floor_priority_queue", "timers/asio_awaitable_timer", [(150, None, "<= 150 B")]),
+    ("call_soon on the loop thread", CPU, "post_local/coselect_call_soon", None,
+     "post_local/asio_post", [(1.0, "asio", "<= 1.0x asio::post")]),
+    ("call_soon from another thread", CPU, "post_remote/coselect_call_soon", None,
+     "post_remote/asio_post", [(1.0, "asio", "<= 1.0x asio::post")]),
+    ("compile the hello world, g++ -O2 (s CPU)", "cpu_s", "compile/coselect", "compile/posix",
+     "compile/asio", [(1.5, "floor", "<= 1.5x floor"), (0.4, "asio", "<= 0.4x Asio")]),
+    ("compile the hello world, peak memory (MiB)", "peak_rss_MiB", "compile/coselect",
+     "compile/posix", "compile/asio", [(1.5, "floor", "<= 1.5x floor"), (0.4, "asio", "<= 0.4x Asio")]),
+    ("fd wake, 10 idle fds, epoll", CPU, "fd/coselect_epoll/idle:10", "fd/floor_epoll/idle:10",
+     None, []),
+    ("fd wake, 1,000 idle fds, epoll", CPU, "fd/coselect_epoll/idle:1000",
+     "fd/floor_epoll/idle:1000", None, []),
+    ("fd wake, 10 idle fds, select", CPU, "fd/coselect_select/idle:10", "fd/floor_select/idle:10",
+     None, []),
+    ("wake round trip, threads on 2 CPUs (ns wall)", WALL, "wake/coselect/pinned:0",
+     "wake/floor_pipe_select/pinned:0", "wake/asio_post/pinned:0", []),
+    ("wake round trip, both threads on 1 CPU (ns wall)", WALL, "wake/coselect/pinned:1",
+     "wake/floor_pipe_select/pinned:1", "wake/asio_post/pinned:1", []),
+]
+
+
+def before_after(path):
+    """Prints issue 13's table from bench/before_after.sh's JSON: medians, peers from the
+    "after" build (the same peer code is compiled on both sides)."""
+    data = json.load(open(path))
+    runs = {}
+    for b in data["benchmarks"]:
+        if b.get("run_type", "iteration") != "iteration" or b.get("error_occurred"):
+            continue
+        metrics = runs.setdefault(short(b["run_name"]), {})
+        for k, v in b.items():
+            if isinstance(v, (int, float)) and not isinstance(v, bool):
+                metrics.setdefault(k, []).append(float(v))
+
+    def median(name, metric):
+        s = stats(runs, name, metric) if name else None
+        return None if s is None else s[1]
+
+    ctx = data.get("context", {})
+    load = ctx.get("load_average")
+    print(f"before = {ctx.get('before')}, after = {ctx.get('after')}; load average at the end "
+          f"{' / '.join(f'{x:.2f}' for x in load) if load else 'n/a'}; medians")
+    print()
+    print("| work | floor | Asio | before | after | after / floor | after / Asio | goal | holds |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for work, metric, cs, floor, asio, goals in BEFORE_AFTER:
+        old, new = median("before/" + cs, metric), median("after/" + cs, metric)
+        fl = median("after/" + floor, metric) if floor else None
+        peer = median("after/" + asio, metric) if asio else None
+        verdicts, texts = [], []
+        for goal, against, text in goals:
+            texts.append(text)
+            base = {"floor": fl, "asio": peer, None: 1.0}[against]
+            if new is None or base is None or base == 0:
+                verdicts.append("n/a")
+            else:
+                verdicts.append("yes" if new / base <= goal else "**no**")
+        r_floor = f"{new / fl:.2f}x" if new and fl else ""
+        r_asio = f"{new / peer:.2f}x" if new and peer else ""
+        print(f"| {work} | {fmt(fl) if floor else ''} | {fmt(peer) if asio else ''} | {fmt(old)} | "
+              f"**{fmt(new)}** | {r_floor} | {r_asio} | {', '.join(texts)} | "
+              f"{', '.join(verdicts)} |")
+
+
 if __name__ == "__main__":
-    main()
+    if len(sys.argv) == 3 and sys.argv[1] == "--before-after":
+        before_after(sys.argv[2])
+    else:
+        main()

@@ -83,7 +83,7 @@ if [[ -z $filter ]]; then
   echo "==> system calls per operation (strace)"
   python3 bench/syscall_probe.py --bin-dir "$bin" --out "$results/syscalls.json"
   echo "==> compile cost"
-  python3 bench/compile_cost.py --reps "$reps" --out "$results/compile.json"
+  python3 bench/compile_cost.py --reps "$reps" --headers --out "$results/compile.json"
 fi
 
 python3 - "$results/machine.json" "$load_before" "$reps" "$scale" "$revision" "$include_changes" \
