@@ -67,11 +67,11 @@ class Scheduler final : private detail::loop_hooks,
   using time_point = clock::time_point;
   using duration = clock::duration;
 
-  Scheduler() : Scheduler(nullptr, detail::default_backend.load()) {}
+  Scheduler() : Scheduler(nullptr, detail::make_default_reactor()) {}
   // Throws std::invalid_argument for a backend this platform lacks (backend_available()), and
   // std::system_error if the backend's resources cannot be had (EMFILE).
   explicit Scheduler(Backend backend) : Scheduler(nullptr, backend) {}
-  explicit Scheduler(TimeMachine& machine) : Scheduler(&machine, detail::default_backend.load()) {}
+  explicit Scheduler(TimeMachine& machine) : Scheduler(&machine, detail::make_default_reactor()) {}
   Scheduler(TimeMachine& machine, Backend backend) : Scheduler(&machine, backend) {}
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
@@ -205,7 +205,9 @@ class Scheduler final : private detail::loop_hooks,
   friend struct detail::scheduler_access;
 
   Scheduler(TimeMachine* machine, Backend backend)
-      : clock_(machine), tasks_(*this), reactor_(detail::make_reactor(backend)) {
+      : Scheduler(machine, detail::make_reactor(backend)) {}
+  Scheduler(TimeMachine* machine, std::unique_ptr<detail::reactor> reactor)
+      : clock_(machine), tasks_(*this), reactor_(std::move(reactor)) {
     reactor_->pin(detail::event_access::read_fd(wake_));
   }
 

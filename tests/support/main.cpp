@@ -113,7 +113,7 @@ bool choose_backend() {
     std::fprintf(stderr, "COSELECT_TEST_BACKEND=%s: not a backend of this platform\n", env);
     return false;
   }
-  coselect::detail::default_backend.store(*backend);
+  coselect::detail::use_default_backend(*backend);
   return true;
 }
 

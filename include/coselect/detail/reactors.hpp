@@ -17,7 +17,8 @@
 namespace coselect::detail {
 
 // The backend of Scheduler() and Scheduler(TimeMachine&): select, as DESIGN §7 fixes. Only the
-// test suite changes it (from COSELECT_TEST_BACKEND), to run every test once per backend.
+// test suite changes it (from COSELECT_TEST_BACKEND, through use_default_backend), to run every
+// test once per backend.
 inline std::atomic<Backend> default_backend{Backend::select};
 
 inline std::unique_ptr<reactor> make_reactor(Backend b) {
@@ -35,6 +36,23 @@ inline std::unique_ptr<reactor> make_reactor(Backend b) {
   }
   throw std::invalid_argument(std::string("coselect::Scheduler: backend ") +
                               std::string(to_string(b)) + " is not available on this platform");
+}
+
+// Set by use_default_backend: until then the default is select, built directly, so that a
+// program which never names another backend compiles select's reactor alone into each TU that
+// constructs a Scheduler (the other reactors' code is about a tenth of a hello world's compile
+// time).
+inline std::atomic<std::unique_ptr<reactor> (*)(Backend)> default_reactor_factory{nullptr};
+
+inline std::unique_ptr<reactor> make_default_reactor() {
+  if (auto* factory = default_reactor_factory.load()) return factory(default_backend.load());
+  return std::make_unique<select_reactor>();
+}
+
+// Makes `b` the backend of Scheduler() and Scheduler(TimeMachine&) (the test suite's switch).
+inline void use_default_backend(Backend b) {
+  default_backend.store(b);
+  default_reactor_factory.store(&make_reactor);
 }
 
 }  // namespace coselect::detail
