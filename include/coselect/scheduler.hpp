@@ -102,7 +102,7 @@ class Scheduler final : private detail::loop_hooks,
       detail::event_watch& w = *watched_head_;
       while (w.head != nullptr)
         w.unlink(*w.head);
-      release_watch(w);
+      drop_watch(w);
     }
     while (timers_.pop() != nullptr) {
     }
@@ -455,7 +455,7 @@ class Scheduler final : private detail::loop_hooks,
         finish_event_waiter(*w->head, detail::wait_outcome::released);
         activity_ = true;
       }
-      if (w->empty()) release_watch(*w);
+      if (w->empty()) watch_emptied(*w);
       w = next;
     }
   }
@@ -468,25 +468,17 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   void add_event_waiter(WaitableEvent& ev, detail::event_waiter& node) override {
-    detail::event_watch* w = nullptr;
-    if (!secondary_watches_.empty()) {
-      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
-        w = it->second.get();
-      }
-    }
-    if (w == nullptr) {
-      detail::event_watch& primary = detail::event_access::primary_watch(ev);
-      detail::loop_hooks* owner = primary.owner.load(std::memory_order_acquire);
-      if (owner == this || (owner == nullptr && primary.owner.compare_exchange_strong(
-                                                    owner, this, std::memory_order_acq_rel))) {
-        w = &primary;
-      } else {
-        auto secondary = std::make_unique<detail::event_watch>();
-        secondary->event = &ev;
-        secondary->owner.store(this, std::memory_order_relaxed);
-        w = secondary.get();
-        secondary_watches_.emplace(&ev, std::move(secondary));
-      }
+    // The common case, an event this loop waited on before: its primary watch is still ours
+    // (in use, or parked when it emptied), and taking it back is a plain store. A loop that
+    // holds the primary watch never has a secondary one for the same event.
+    detail::event_watch& primary = detail::event_access::primary_watch(ev);
+    const std::uintptr_t mine = reinterpret_cast<std::uintptr_t>(identity_);
+    const std::uintptr_t claim = primary.claim.load(std::memory_order_relaxed);
+    detail::event_watch* w = &primary;
+    if (claim == (mine | detail::event_watch::kParked)) {
+      primary.claim.store(mine, std::memory_order_release);
+    } else if (claim != mine) {
+      w = &claim_watch(ev, primary, claim);
     }
     w->push_back(node);
     if (!w->linked) link_watch(*w);
@@ -496,11 +488,37 @@ class Scheduler final : private detail::loop_hooks,
     }
   }
 
+  // The waiters of this loop on `ev` go into a secondary watch while they have one (FIFO order
+  // spans one watch only), else into the primary watch if it is free, else into a new secondary.
+  detail::event_watch& claim_watch(WaitableEvent& ev, detail::event_watch& primary,
+                                   std::uintptr_t claim) {
+    if (!secondary_watches_.empty()) {
+      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
+        return *it->second;
+      }
+    }
+    if (claim == 0 &&
+        primary.claim.compare_exchange_strong(claim, reinterpret_cast<std::uintptr_t>(identity_),
+                                              std::memory_order_acq_rel)) {
+      identity_->retain();
+      return primary;
+    }
+    // Held by another loop (maybe parked there): ask it to give the watch back when it empties.
+    if (!primary.wanted.load(std::memory_order_relaxed)) {
+      primary.wanted.store(true, std::memory_order_relaxed);
+    }
+    auto secondary = std::make_unique<detail::event_watch>();
+    secondary->event = &ev;
+    detail::event_watch& w = *secondary;
+    secondary_watches_.emplace(&ev, std::move(secondary));
+    return w;
+  }
+
   void remove_event_waiter(detail::event_waiter& node) noexcept override {
     detail::event_watch* w = node.watch;
     w->unlink(node);
     if (node.armed()) timers_.remove(node);
-    if (w->empty()) release_watch(*w);
+    if (w->empty()) watch_emptied(*w);
   }
 
   void cancel_event_waiters(WaitableEvent& ev) noexcept override {
@@ -513,10 +531,13 @@ class Scheduler final : private detail::loop_hooks,
         finish_event_waiter(
             *w.head, released ? detail::wait_outcome::released : detail::wait_outcome::canceled);
       }
-      release_watch(w);
+      drop_watch(w);
     };
     detail::event_watch& primary = detail::event_access::primary_watch(ev);
-    if (primary.owner.load(std::memory_order_acquire) == this) cancel_all(primary);
+    if (primary.claim.load(std::memory_order_acquire) ==
+        reinterpret_cast<std::uintptr_t>(identity_)) {
+      cancel_all(primary);
+    }
     if (!secondary_watches_.empty()) {
       if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
         cancel_all(*it->second);
@@ -535,7 +556,7 @@ class Scheduler final : private detail::loop_hooks,
         detail::event_access::is_set(s) || detail::event_access::generation(s) != x.generation;
     x.outcome = released ? detail::wait_outcome::released : detail::wait_outcome::timed_out;
     self.ready_.push_back(x.handle);
-    if (w->empty()) self.release_watch(*w);
+    if (w->empty()) self.watch_emptied(*w);
   }
 
   void link_watch(detail::event_watch& w) noexcept {
@@ -546,21 +567,40 @@ class Scheduler final : private detail::loop_hooks,
     watched_head_ = &w;
   }
 
-  // Forgets an empty watch: a primary one goes back to its event, a secondary one is freed.
-  void release_watch(detail::event_watch& w) noexcept {
-    if (w.linked) {
-      if (w.prev != nullptr) {
-        w.prev->next = w.next;
-      } else {
-        watched_head_ = w.next;
-      }
-      if (w.next != nullptr) w.next->prev = w.prev;
-      w.next = w.prev = nullptr;
-      w.linked = false;
+  void unlink_watch(detail::event_watch& w) noexcept {
+    if (!w.linked) return;
+    if (w.prev != nullptr) {
+      w.prev->next = w.next;
+    } else {
+      watched_head_ = w.next;
     }
+    if (w.next != nullptr) w.next->prev = w.prev;
+    w.next = w.prev = nullptr;
+    w.linked = false;
+  }
+
+  // A watch lost its last waiter. A primary one stays claimed (parked) for this loop's next wait
+  // on the event, unless another loop asked for it; a secondary one is freed.
+  void watch_emptied(detail::event_watch& w) noexcept {
+    WaitableEvent& ev = *w.event;
+    detail::event_watch& primary = detail::event_access::primary_watch(ev);
+    if (&w == &primary && !w.wanted.load(std::memory_order_relaxed)) {
+      unlink_watch(w);
+      w.claim.store(reinterpret_cast<std::uintptr_t>(identity_) | detail::event_watch::kParked,
+                    std::memory_order_release);
+      return;
+    }
+    drop_watch(w);
+  }
+
+  // Forgets an empty watch: a primary one goes back to its event, a secondary one is freed.
+  void drop_watch(detail::event_watch& w) noexcept {
+    unlink_watch(w);
     WaitableEvent& ev = *w.event;
     if (&w == &detail::event_access::primary_watch(ev)) {
-      w.owner.store(nullptr, std::memory_order_release);
+      w.wanted.store(false, std::memory_order_relaxed);
+      w.claim.store(0, std::memory_order_release);
+      identity_->release();  // never the last reference: the loop holds its own
     } else {
       secondary_watches_.erase(&ev);
     }
@@ -720,6 +760,15 @@ class Scheduler final : private detail::loop_hooks,
   std::vector<int> extra_fds_;
 
   detail::event_watch* watched_head_ = nullptr;
+  // This loop's name in the events' claims; parked claims may keep it after the loop is gone.
+  struct identity_ref {
+    explicit identity_ref(detail::loop_hooks& loop) : p(new detail::loop_identity(loop)) {}
+    identity_ref(const identity_ref&) = delete;
+    identity_ref& operator=(const identity_ref&) = delete;
+    ~identity_ref() { p->release(); }
+    detail::loop_identity* p;
+  } identity_holder_{*this};
+  detail::loop_identity* const identity_ = identity_holder_.p;
   std::unordered_map<const WaitableEvent*, std::unique_ptr<detail::event_watch>> secondary_watches_;
 
   std::mutex cancel_mutex_;

@@ -106,8 +106,16 @@ class WaitableEvent {
          setting(s) != 0 || blocked(s) != 0; s = state_.load(std::memory_order_acquire)) {
       std::this_thread::yield();
     }
-    detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
-    if (owner != nullptr) owner->cancel_event_waiters(*this);
+    const std::uintptr_t claim = primary_watch_.claim.load(std::memory_order_acquire);
+    detail::loop_hooks* owner = nullptr;
+    if (claim & detail::event_watch::kParked) {
+      // Emptied and out of its loop's list: nobody looks at it, the loop may even be gone.
+      primary_watch_.claim.store(0, std::memory_order_relaxed);
+      detail::event_watch::holder(claim)->release();
+    } else if (claim != 0) {
+      owner = detail::event_watch::holder(claim)->loop;  // waiters linked: the loop lives
+      owner->cancel_event_waiters(*this);
+    }
     detail::loop_hooks* here = detail::current_loop();
     if (here != nullptr && here != owner) here->cancel_event_waiters(*this);
     detail::close_fd(read_fd_);
