@@ -462,7 +462,7 @@ class Scheduler final : private detail::loop_hooks,
 
   void finish_event_waiter(detail::event_waiter& x, detail::wait_outcome outcome) {
     x.watch->unlink(x);
-    if (x.armed()) timers_.remove(x);
+    disarm(x);
     x.outcome = outcome;
     ready_.push_back(x.handle);
   }
@@ -476,16 +476,23 @@ class Scheduler final : private detail::loop_hooks,
     const std::uintptr_t claim = primary.claim.load(std::memory_order_relaxed);
     detail::event_watch* w = &primary;
     if (claim == (mine | detail::event_watch::kParked)) {
-      primary.claim.store(mine, std::memory_order_release);
+      primary.claim.store(mine, std::memory_order_release);  // `loop` is still this one
     } else if (claim != mine) {
       w = &claim_watch(ev, primary, claim);
     }
     w->push_back(node);
     if (!w->linked) link_watch(*w);
-    if (node.has_deadline) {
-      node.fire = &Scheduler::on_event_timeout;
-      timers_.push(node);
+    if (node.timed) {
+      auto& t = static_cast<detail::timed_event_waiter&>(node);
+      t.fire = &Scheduler::on_event_timeout;
+      timers_.push(t);
     }
+  }
+
+  void disarm(detail::event_waiter& x) noexcept {
+    if (!x.timed) return;
+    auto& t = static_cast<detail::timed_event_waiter&>(x);
+    if (t.armed()) timers_.remove(t);
   }
 
   // The waiters of this loop on `ev` go into a secondary watch while they have one (FIFO order
@@ -501,6 +508,7 @@ class Scheduler final : private detail::loop_hooks,
         primary.claim.compare_exchange_strong(claim, reinterpret_cast<std::uintptr_t>(identity_),
                                               std::memory_order_acq_rel)) {
       identity_->retain();
+      primary.loop = this;
       return primary;
     }
     // Held by another loop (maybe parked there): ask it to give the watch back when it empties.
@@ -509,6 +517,7 @@ class Scheduler final : private detail::loop_hooks,
     }
     auto secondary = std::make_unique<detail::event_watch>();
     secondary->event = &ev;
+    secondary->loop = this;
     detail::event_watch& w = *secondary;
     secondary_watches_.emplace(&ev, std::move(secondary));
     return w;
@@ -517,7 +526,7 @@ class Scheduler final : private detail::loop_hooks,
   void remove_event_waiter(detail::event_waiter& node) noexcept override {
     detail::event_watch* w = node.watch;
     w->unlink(node);
-    if (node.armed()) timers_.remove(node);
+    disarm(node);
     if (w->empty()) watch_emptied(*w);
   }
 
@@ -547,7 +556,7 @@ class Scheduler final : private detail::loop_hooks,
 
   static void on_event_timeout(detail::timer_node& t, detail::loop_hooks& loop) noexcept {
     auto& self = static_cast<Scheduler&>(loop);
-    auto& x = static_cast<detail::event_waiter&>(t);
+    auto& x = static_cast<detail::timed_event_waiter&>(t);
     detail::event_watch* w = x.watch;
     w->unlink(x);
     // Set in the same turn as the deadline passed: the event wins (one resumption either way).

@@ -38,15 +38,22 @@ struct event_watch;
 
 // A coroutine waiting on a WaitableEvent, linked FIFO into the event's watch list of its loop.
 // `generation` is the event's set-generation when the wait began: any later set() releases it,
-// even one that a clear() undid before the loop looked (the pulse rule).
-struct event_waiter : timer_node {
+// even one that a clear() undid before the loop looked (the pulse rule). It lives in the
+// awaiting frame, so an untimed wait carries no timer node: see timed_event_waiter.
+struct event_waiter {
   std::coroutine_handle<> handle{};
   event_watch* watch = nullptr;  // non-null while linked
   event_waiter* next = nullptr;
   event_waiter* prev = nullptr;
   std::uint32_t generation = 0;
   wait_outcome outcome = wait_outcome::pending;
-  bool has_deadline = false;
+  bool timed = false;    // this is the event_waiter of a timed_event_waiter
+  bool stopped = false;  // canceled by a stop request (not by the event's destruction)
+};
+
+// A waiter with a deadline in its loop's timer heap.
+struct timed_event_waiter : event_waiter, timer_node {
+  timed_event_waiter() noexcept { timed = true; }
 };
 
 // Names a loop in the claims it makes on events' primary watches. It is separate from the loop
@@ -76,6 +83,7 @@ struct event_watch {
   }
 
   WaitableEvent* event = nullptr;
+  loop_hooks* loop = nullptr;  // the loop using it, while waiters are linked
   // Primary watch: 0 when free, else the claiming loop's identity (| kParked). Secondary watches
   // belong to their loop for good and leave it 0.
   std::atomic<std::uintptr_t> claim{0};
@@ -124,7 +132,8 @@ struct event_watch {
 // header including the scheduler (which sits above it).
 class loop_hooks {
  public:
-  // Links `w` (handle, generation, deadline already filled in) to the loop's watch of `ev`.
+  // Links `w` (handle, generation, deadline already filled in) to the loop's watch of `ev`; the
+  // watch's `loop` is this loop from then on until `w` is unlinked.
   virtual void add_event_waiter(WaitableEvent& ev, event_waiter& w) = 0;
   // The awaiting frame is being destroyed while still waiting: forget the waiter.
   virtual void remove_event_waiter(event_waiter& w) noexcept = 0;
