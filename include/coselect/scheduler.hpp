@@ -88,7 +88,7 @@ class Scheduler final : private detail::loop_hooks,
       detail::task_promise_base* p = owned_head_;
       unlink_owned(*p);
       p->owner = nullptr;
-      p->owned_frame.destroy();
+      p->frame().destroy();
     }
     {
       std::lock_guard lock(spawn_mutex_);
@@ -125,7 +125,7 @@ class Scheduler final : private detail::loop_hooks,
     auto frame = main.release();
     detail::task_promise_base& root = frame.promise();
     root.owner = this;
-    root.owned_frame = frame;
+    root.at_top = true;
     bool finished = false;
     root_ = &root;
     root_finished_ = &finished;
@@ -214,7 +214,6 @@ class Scheduler final : private detail::loop_hooks,
     if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
     auto frame = t.release();
     detail::frame_header& header = detail::frame_header::of(frame.address());
-    frame.promise().owned_frame = frame;
     frame.promise().spawned = true;  // its handle escapes here: the frame is on the heap
     if (token != nullptr) {
       frame.promise().set_token(token);
@@ -316,7 +315,7 @@ class Scheduler final : private detail::loop_hooks,
         finished_.swap(finished_elsewhere_);
       }
       for (detail::task_promise_base* p : finished_)
-        finish_top_task(*p, p->owned_frame);
+        finish_top_task(*p, p->frame());
       finished_.clear();
       tasks_.take_inbox(posted_);
       for (auto h : posted_)
@@ -674,12 +673,12 @@ class Scheduler final : private detail::loop_hooks,
   // ---- owned frames (task_owner) ----------------------------------------------------------
 
   void adopt(std::coroutine_handle<detail::task_promise<void>> frame) {
-    adopt_promise(frame.promise(), frame);
+    adopt_promise(frame.promise());
   }
 
-  void adopt_promise(detail::task_promise_base& p, std::coroutine_handle<> frame) noexcept {
+  void adopt_promise(detail::task_promise_base& p) noexcept {
     p.owner = this;
-    p.owned_frame = frame;
+    p.at_top = true;
     p.owned_prev = nullptr;
     p.owned_next = owned_head_;
     if (owned_head_ != nullptr) owned_head_->owned_prev = &p;
@@ -720,7 +719,7 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   static bool ended_by_own_cancel(const detail::task_promise_base& p) noexcept {
-    return p.spawned && detail::frame_header::of(p.owned_frame.address()).cancel_requested() &&
+    return p.spawned && detail::frame_header::of(p.frame().address()).cancel_requested() &&
            detail::is_operation_canceled(p.exception);
   }
 
@@ -731,10 +730,10 @@ class Scheduler final : private detail::loop_hooks,
     root_finished_ = nullptr;
     if (finished) {
       root.owner = nullptr;
-      root.owned_frame.destroy();
+      root.frame().destroy();
       return;
     }
-    adopt_promise(root, root.owned_frame);
+    adopt_promise(root);
   }
 
   void report_failure(std::exception_ptr e) noexcept {
