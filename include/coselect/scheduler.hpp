@@ -399,10 +399,21 @@ class Scheduler final : private detail::loop_hooks,
     }
     scan_events();
     if (blocking && !dispatched && ready_.size() == ready_before && !wake_.is_set()) {
-      // Woken for nothing: an event's pipe still holds a byte that another thread, which owns
-      // the pipe right now (waitable_event.hpp, "reconciliation"), is about to drain. That
-      // thread was likely preempted by our own wake-up; let it run instead of selecting again.
-      std::this_thread::yield();
+      wait_for_pipe_owners();
+    }
+  }
+
+  // Woken for nothing (or by a deadline): an event's pipe may still hold a byte that another
+  // thread, owning the pipe right now (waitable_event.hpp, "reconciliation"), is about to
+  // drain. Waits for that owner, so that the next select() does not return at once, again and
+  // again, while the owner cannot run (both threads on one CPU). A sched_yield() would be only
+  // a hint; the owner wakes us when it is done. Bounded, should the owner be stopped.
+  void wait_for_pipe_owners() noexcept {
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    const timespec deadline = detail::to_timespec(limit.time_since_epoch());
+    if (detail::event_access::wait_for_pipe_owner(wake_, deadline)) return;
+    for (detail::event_watch* w = watched_head_; w != nullptr; w = w->next) {
+      if (detail::event_access::wait_for_pipe_owner(*w->event, deadline)) return;
     }
   }
 

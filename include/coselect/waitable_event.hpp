@@ -248,6 +248,9 @@ class WaitableEvent {
     static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
     return reinterpret_cast<const std::uint32_t*>(&wake_sequence_);
   }
+  const std::uint32_t* sync_word() const noexcept {
+    return reinterpret_cast<const std::uint32_t*>(&sync_sequence_);
+  }
 
   // Brings the pipe in line with I2, or hands the job to whoever already owns it. Lock-free and
   // async-signal-safe: see the class comment.
@@ -277,8 +280,16 @@ class WaitableEvent {
       for (;;) {
         std::uint64_t n = (s & ~(kByte | kDirty)) | (want_byte ? kByte : 0);
         if (!(s & kDirty)) n &= ~kSyncing;
-        if (state_.compare_exchange_weak(s, n, std::memory_order_acq_rel)) {
-          if (!(n & kSyncing)) return;
+        // seq_cst, with the load of sync_waiters_ after it: a loop waiting for us either sees
+        // `syncing` gone or is seen (event_access::wait_for_pipe_owner).
+        if (state_.compare_exchange_weak(s, n, std::memory_order_seq_cst)) {
+          if (!(n & kSyncing)) {
+            if (sync_waiters_.load(std::memory_order_seq_cst) != 0) {
+              sync_sequence_.fetch_add(1, std::memory_order_release);
+              detail::futex_wake_all(sync_word());
+            }
+            return;
+          }
           s = n;
           break;  // someone changed the state meanwhile: evaluate again
         }
@@ -310,6 +321,10 @@ class WaitableEvent {
 
   mutable std::atomic<std::uint64_t> state_{0};
   std::atomic<std::uint32_t> wake_sequence_{0};
+  // Loops waiting for the pipe's owner to finish (wait_for_pipe_owner), and the futex word
+  // the owner bumps when it finishes and finds any.
+  mutable std::atomic<std::uint32_t> sync_waiters_{0};
+  mutable std::atomic<std::uint32_t> sync_sequence_{0};
   int read_fd_ = -1;
   int write_fd_ = -1;
   detail::event_watch primary_watch_;
@@ -343,6 +358,28 @@ struct event_access {
     } while (!ev.state_.compare_exchange_weak(s, n, std::memory_order_acq_rel,
                                               std::memory_order_acquire));
     if (WaitableEvent::needs_pipe_io(n)) ev.reconcile_pipe();
+    return true;
+  }
+
+  // A loop whose select() woke for nothing: the pipe may still hold a byte that the thread
+  // owning it (`syncing`) is about to drain, quite likely preempted by this very wake-up on a
+  // busy CPU. Selecting again would spin until it runs; instead sleep until it is done (or
+  // until `deadline`, CLOCK_MONOTONIC, should it be stopped). Returns false at once if nobody
+  // owns the pipe.
+  static bool wait_for_pipe_owner(const WaitableEvent& ev, const timespec& deadline) noexcept {
+    if (!(ev.state_.load(std::memory_order_acquire) & WaitableEvent::kSyncing)) return false;
+    // Most often the owner is about to finish: running on another CPU, or preempted on this
+    // one, where a yield hands it the CPU. Sleep only if that was not enough: a futex sleep and
+    // wake cost more than the owner's remaining work.
+    std::this_thread::yield();
+    const std::uint32_t sequence = ev.sync_sequence_.load(std::memory_order_acquire);
+    if (!(ev.state_.load(std::memory_order_acquire) & WaitableEvent::kSyncing)) return true;
+    ev.sync_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    while ((ev.state_.load(std::memory_order_seq_cst) & WaitableEvent::kSyncing) &&
+           ev.sync_sequence_.load(std::memory_order_acquire) == sequence) {
+      if (!futex_wait(ev.sync_word(), sequence, &deadline)) break;  // timed out
+    }
+    ev.sync_waiters_.fetch_sub(1, std::memory_order_release);
     return true;
   }
 
