@@ -257,7 +257,9 @@ class Scheduler final : private detail::loop_hooks,
     bool reached_limit = false;
     for (;;) {
       if (done()) return;
-      const bool stop = stop_requested_.exchange(false, std::memory_order_acq_rel);
+      // Load first: an exchange is a locked read-modify-write, paid every iteration otherwise.
+      const bool stop = stop_requested_.load(std::memory_order_acquire) &&
+                        stop_requested_.exchange(false, std::memory_order_acq_rel);
       activity_ = false;
       iterate(!stop && !reached_limit, limit);
       if (!failures_.empty()) {
