@@ -22,6 +22,7 @@
 #include "clock.hpp"
 #include "detail/cancel_point.hpp"
 #include "detail/reactors.hpp"
+#include "detail/ready_queue.hpp"
 #include "detail/timer_heap.hpp"
 #include "detail/wait_node.hpp"
 #include "dispatcher.hpp"
@@ -775,7 +776,7 @@ class Scheduler final : private detail::loop_hooks,
   std::condition_variable jobs_finished_;
   int jobs_running_ = 0;
 
-  std::deque<std::coroutine_handle<>> ready_;
+  detail::ready_queue ready_;
   detail::timer_heap timers_;
   std::unique_ptr<detail::reactor> reactor_;
   std::vector<int> extra_fds_;
