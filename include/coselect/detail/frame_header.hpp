@@ -58,6 +58,18 @@ struct join_control {
 // back to the heap. The lists are plain thread-local data (no construction guard on the hot
 // path); a thread-local janitor, registered on the first put, hands them back at thread exit.
 class frame_cache {
+#if defined(__SANITIZE_ADDRESS__)
+  static constexpr bool kBypass = true;  // AddressSanitizer must see every frame freed
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  static constexpr bool kBypass = true;
+#else
+  static constexpr bool kBypass = false;
+#endif
+#else
+  static constexpr bool kBypass = false;
+#endif
+
  public:
   static constexpr std::size_t kStep = 16;
   static constexpr std::uint32_t kClasses = 64;  // blocks up to 1008 bytes; larger ones bypass
@@ -65,6 +77,7 @@ class frame_cache {
 
   // The class of a block of `bytes`, or 0 if blocks that size are not cached.
   static constexpr std::uint32_t size_class(std::size_t bytes) noexcept {
+    if (kBypass) return 0;
     const std::size_t c = (bytes + kStep - 1) / kStep;
     return c < kClasses ? static_cast<std::uint32_t>(c) : 0;
   }
