@@ -54,8 +54,9 @@ struct join_control {
 // A per-thread cache of freed frame blocks by size class (16-byte steps), so that the steady
 // state of spawning, awaiting and finishing coroutines takes nothing from malloc. A block goes
 // back to the cache of the thread that frees it (a frame may end, or its last JoinHandle go,
-// on another thread than the one that made it); a thread keeps at most kMaxBytes, the rest goes
-// back to the heap. The lists are plain thread-local data (no construction guard on the hot
+// on another thread than the one that made it); a thread keeps at most kMaxBytes per class (so
+// that a burst of one size cannot crowd out the steady state of another), the rest goes back
+// to the heap. The lists are plain thread-local data (no construction guard on the hot
 // path); a thread-local janitor, registered on the first put, hands them back at thread exit.
 class frame_cache {
 #if defined(__SANITIZE_ADDRESS__)
@@ -73,7 +74,7 @@ class frame_cache {
  public:
   static constexpr std::size_t kStep = 16;
   static constexpr std::uint32_t kClasses = 64;  // blocks up to 1008 bytes; larger ones bypass
-  static constexpr std::size_t kMaxBytes = std::size_t{4} << 20;
+  static constexpr std::size_t kMaxBytes = std::size_t{256} << 10;
 
   // The class of a block of `bytes`, or 0 if blocks that size are not cached.
   static constexpr std::uint32_t size_class(std::size_t bytes) noexcept {
@@ -87,15 +88,16 @@ class frame_cache {
     lists& l = this_thread();
     if (block* b = l.heads[c]) {
       l.heads[c] = b->next;
-      l.bytes -= c * kStep;
+      l.bytes[c] -= static_cast<std::uint32_t>(c * kStep);
       return b;
     }
-    return ::operator new(c* kStep);
+    const std::size_t size = std::size_t{c} * kStep;
+    return ::operator new(size);
   }
 
   static void give(void* p, std::uint32_t c) noexcept {
     lists& l = this_thread();
-    if (l.phase != mode::open || l.bytes + c * kStep > kMaxBytes) {
+    if (l.phase != mode::open || l.bytes[c] + c * kStep > kMaxBytes) {
       if (l.phase == mode::fresh) {
         open(l);
       } else {
@@ -106,7 +108,7 @@ class frame_cache {
     auto* b = static_cast<block*>(p);
     b->next = l.heads[c];
     l.heads[c] = b;
-    l.bytes += c * kStep;
+    l.bytes[c] += static_cast<std::uint32_t>(c * kStep);
   }
 
  private:
@@ -116,7 +118,7 @@ class frame_cache {
   enum class mode : std::uint8_t { fresh, open, closed };
   struct lists {
     block* heads[kClasses];
-    std::size_t bytes;
+    std::uint32_t bytes[kClasses];
     mode phase;
   };
   struct janitor {
@@ -129,7 +131,8 @@ class frame_cache {
           ::operator delete(static_cast<void*>(b));
         }
       }
-      l.bytes = 0;
+      for (std::uint32_t& b : l.bytes)
+        b = 0;
     }
   };
 
