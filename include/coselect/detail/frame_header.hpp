@@ -73,31 +73,36 @@ class frame_cache {
 
  public:
   static constexpr std::size_t kStep = 16;
-  static constexpr std::uint32_t kClasses = 64;  // blocks up to 1008 bytes; larger ones bypass
+  static constexpr std::size_t kHeaderGuess = 8;
+  static constexpr std::uint32_t kClasses = 64;  // blocks up to 1000 bytes; larger ones bypass
   static constexpr std::size_t kMaxBytes = std::size_t{256} << 10;
 
-  // The class of a block of `bytes`, or 0 if blocks that size are not cached.
+  // Blocks of class c hold c * kStep - 8 bytes: with malloc's usual 8-byte chunk header, that
+  // fills a chunk exactly, where rounding the request up to c * kStep would waste 16 bytes.
+  static constexpr std::size_t block_size(std::uint32_t c) noexcept {
+    return std::size_t{c} * kStep - kHeaderGuess;
+  }
+
+  // The class of the smallest block that holds `bytes`, or 0 if blocks that size are not cached.
   static constexpr std::uint32_t size_class(std::size_t bytes) noexcept {
     if (kBypass) return 0;
-    const std::size_t c = (bytes + kStep - 1) / kStep;
+    const std::size_t c = (bytes + kHeaderGuess + kStep - 1) / kStep;
     return c < kClasses ? static_cast<std::uint32_t>(c) : 0;
   }
 
-  // A block of class `c` (its size is c * kStep).
   static void* take(std::uint32_t c) {
     lists& l = this_thread();
     if (block* b = l.heads[c]) {
       l.heads[c] = b->next;
-      l.bytes[c] -= static_cast<std::uint32_t>(c * kStep);
+      l.bytes[c] -= static_cast<std::uint32_t>(block_size(c));
       return b;
     }
-    const std::size_t size = std::size_t{c} * kStep;
-    return ::operator new(size);
+    return ::operator new(block_size(c));
   }
 
   static void give(void* p, std::uint32_t c) noexcept {
     lists& l = this_thread();
-    if (l.phase != mode::open || l.bytes[c] + c * kStep > kMaxBytes) {
+    if (l.phase != mode::open || l.bytes[c] + block_size(c) > kMaxBytes) {
       if (l.phase == mode::fresh) {
         open(l);
       } else {
@@ -108,7 +113,7 @@ class frame_cache {
     auto* b = static_cast<block*>(p);
     b->next = l.heads[c];
     l.heads[c] = b;
-    l.bytes[c] += static_cast<std::uint32_t>(c * kStep);
+    l.bytes[c] += static_cast<std::uint32_t>(block_size(c));
   }
 
  private:
