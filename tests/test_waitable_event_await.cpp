@@ -314,6 +314,59 @@ TEST(WaitableEventAwait, APulseFromAnotherThreadWakesASecondScheduler) {
   EXPECT_EQ(log, (std::vector<int>{2, 1}));
 }
 
+// A loop keeps an event's built-in watch after its last waiter left (so that waiting again is
+// cheap). That must not outlive the loop in any visible way, nor keep other loops from waiting.
+TEST(WaitableEventAwait, AnEventOutlivesTheSchedulersThatWaitedOnIt) {
+  WaitableEvent ev;
+  std::vector<int> log;
+  for (int round = 0; round < 3; ++round) {
+    Scheduler s;
+    s.spawn(record_after_wait(ev, log, round));
+    s.run_for(0ms);
+    ev.set();
+    s.run_for(0ms);
+    ev.clear();
+  }
+  EXPECT_EQ(log, (std::vector<int>{0, 1, 2}));
+}
+
+TEST(WaitableEventAwait, LoopsTakingTurnsOnOneEventAreAllReleased) {
+  WaitableEvent ev;
+  Scheduler a, b;
+  std::vector<int> log;
+  for (int round = 0; round < 4; ++round) {
+    Scheduler& first = round % 2 == 0 ? a : b;
+    Scheduler& second = round % 2 == 0 ? b : a;
+    first.spawn(record_after_wait(ev, log, 10 * round + 1));
+    first.run_for(0ms);
+    second.spawn(record_after_wait(ev, log, 10 * round + 2));
+    second.run_for(0ms);
+    ev.set();
+    ev.clear();
+    first.run_for(0ms);
+    second.run_for(0ms);
+  }
+  EXPECT_EQ(log, (std::vector<int>{1, 2, 11, 12, 21, 22, 31, 32}));
+}
+
+TEST(WaitableEventAwait, AnEventALoopOnAnotherThreadWaitedOnMayBeDestroyedHere) {
+  auto ev = std::make_unique<WaitableEvent>();
+  WaitableEvent released, destroyed;
+  std::thread loop([&] {
+    Scheduler s;
+    s.run([](WaitableEvent& ev, WaitableEvent& released, WaitableEvent& destroyed) -> Task<void> {
+      co_await ev.wait();
+      released.set();
+      co_await destroyed.wait();  // the loop lives on while the event goes
+    }(*ev, released, destroyed));
+  });
+  ev->set();
+  released.wait_blocking();
+  ev.reset();
+  destroyed.set();
+  loop.join();
+}
+
 TEST(WaitableEventAwait, BroadcastReleasesTenThousandWaitersInOrder) {
   Scheduler s;
   WaitableEvent ev;

@@ -22,6 +22,7 @@
 #include "clock.hpp"
 #include "detail/cancel_point.hpp"
 #include "detail/reactors.hpp"
+#include "detail/ready_queue.hpp"
 #include "detail/timer_heap.hpp"
 #include "detail/wait_node.hpp"
 #include "dispatcher.hpp"
@@ -88,7 +89,7 @@ class Scheduler final : private detail::loop_hooks,
       detail::task_promise_base* p = owned_head_;
       unlink_owned(*p);
       p->owner = nullptr;
-      p->owned_frame.destroy();
+      p->frame().destroy();
     }
     {
       std::lock_guard lock(spawn_mutex_);
@@ -102,7 +103,7 @@ class Scheduler final : private detail::loop_hooks,
       detail::event_watch& w = *watched_head_;
       while (w.head != nullptr)
         w.unlink(*w.head);
-      release_watch(w);
+      drop_watch(w);
     }
     while (timers_.pop() != nullptr) {
     }
@@ -125,7 +126,7 @@ class Scheduler final : private detail::loop_hooks,
     auto frame = main.release();
     detail::task_promise_base& root = frame.promise();
     root.owner = this;
-    root.owned_frame = frame;
+    root.at_top = true;
     bool finished = false;
     root_ = &root;
     root_finished_ = &finished;
@@ -216,7 +217,6 @@ class Scheduler final : private detail::loop_hooks,
     if (!t.valid()) throw std::invalid_argument("coselect::Scheduler::spawn: empty task");
     auto frame = t.release();
     detail::frame_header& header = detail::frame_header::of(frame.address());
-    frame.promise().owned_frame = frame;
     frame.promise().spawned = true;  // its handle escapes here: the frame is on the heap
     if (token != nullptr) {
       frame.promise().set_token(token);
@@ -260,7 +260,9 @@ class Scheduler final : private detail::loop_hooks,
     bool reached_limit = false;
     for (;;) {
       if (done()) return;
-      const bool stop = stop_requested_.exchange(false, std::memory_order_acq_rel);
+      // Load first: an exchange is a locked read-modify-write, paid every iteration otherwise.
+      const bool stop = stop_requested_.load(std::memory_order_acquire) &&
+                        stop_requested_.exchange(false, std::memory_order_acq_rel);
       activity_ = false;
       iterate(!stop && !reached_limit, limit);
       if (!failures_.empty()) {
@@ -318,7 +320,7 @@ class Scheduler final : private detail::loop_hooks,
         finished_.swap(finished_elsewhere_);
       }
       for (detail::task_promise_base* p : finished_)
-        finish_top_task(*p, p->owned_frame);
+        finish_top_task(*p, p->frame());
       finished_.clear();
       tasks_.take_inbox(posted_);
       for (auto h : posted_)
@@ -402,10 +404,21 @@ class Scheduler final : private detail::loop_hooks,
     }
     scan_events();
     if (blocking && !dispatched && ready_.size() == ready_before && !wake_.is_set()) {
-      // Woken for nothing: an event's pipe still holds a byte that another thread, which owns
-      // the pipe right now (waitable_event.hpp, "reconciliation"), is about to drain. That
-      // thread was likely preempted by our own wake-up; let it run instead of selecting again.
-      std::this_thread::yield();
+      wait_for_pipe_owners();
+    }
+  }
+
+  // Woken for nothing (or by a deadline): an event's pipe may still hold a byte that another
+  // thread, owning the pipe right now (waitable_event.hpp, "reconciliation"), is about to
+  // drain. Waits for that owner, so that the next select() does not return at once, again and
+  // again, while the owner cannot run (both threads on one CPU). A sched_yield() would be only
+  // a hint; the owner wakes us when it is done. Bounded, should the owner be stopped.
+  void wait_for_pipe_owners() noexcept {
+    const auto limit = std::chrono::steady_clock::now() + std::chrono::milliseconds(1);
+    const timespec deadline = detail::to_timespec(limit.time_since_epoch());
+    if (detail::event_access::wait_for_pipe_owner(wake_, deadline)) return;
+    for (detail::event_watch* w = watched_head_; w != nullptr; w = w->next) {
+      if (detail::event_access::wait_for_pipe_owner(*w->event, deadline)) return;
     }
   }
 
@@ -457,52 +470,79 @@ class Scheduler final : private detail::loop_hooks,
         finish_event_waiter(*w->head, detail::wait_outcome::released);
         activity_ = true;
       }
-      if (w->empty()) release_watch(*w);
+      if (w->empty()) watch_emptied(*w);
       w = next;
     }
   }
 
   void finish_event_waiter(detail::event_waiter& x, detail::wait_outcome outcome) {
     x.watch->unlink(x);
-    if (x.armed()) timers_.remove(x);
+    disarm(x);
     x.outcome = outcome;
     ready_.push_back(x.handle);
   }
 
   void add_event_waiter(WaitableEvent& ev, detail::event_waiter& node) override {
-    detail::event_watch* w = nullptr;
-    if (!secondary_watches_.empty()) {
-      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
-        w = it->second.get();
-      }
-    }
-    if (w == nullptr) {
-      detail::event_watch& primary = detail::event_access::primary_watch(ev);
-      detail::loop_hooks* owner = primary.owner.load(std::memory_order_acquire);
-      if (owner == this || (owner == nullptr && primary.owner.compare_exchange_strong(
-                                                    owner, this, std::memory_order_acq_rel))) {
-        w = &primary;
-      } else {
-        auto secondary = std::make_unique<detail::event_watch>();
-        secondary->event = &ev;
-        secondary->owner.store(this, std::memory_order_relaxed);
-        w = secondary.get();
-        secondary_watches_.emplace(&ev, std::move(secondary));
-      }
+    // The common case, an event this loop waited on before: its primary watch is still ours
+    // (in use, or parked when it emptied), and taking it back is a plain store. A loop that
+    // holds the primary watch never has a secondary one for the same event.
+    detail::event_watch& primary = detail::event_access::primary_watch(ev);
+    const std::uintptr_t mine = reinterpret_cast<std::uintptr_t>(identity_);
+    const std::uintptr_t claim = primary.claim.load(std::memory_order_relaxed);
+    detail::event_watch* w = &primary;
+    if (claim == (mine | detail::event_watch::kParked)) {
+      primary.claim.store(mine, std::memory_order_release);  // `loop` is still this one
+    } else if (claim != mine) {
+      w = &claim_watch(ev, primary, claim);
     }
     w->push_back(node);
     if (!w->linked) link_watch(*w);
-    if (node.has_deadline) {
-      node.fire = &Scheduler::on_event_timeout;
-      timers_.push(node);
+    if (node.timed) {
+      auto& t = static_cast<detail::timed_event_waiter&>(node);
+      t.fire = &Scheduler::on_event_timeout;
+      timers_.push(t);
     }
+  }
+
+  void disarm(detail::event_waiter& x) noexcept {
+    if (!x.timed) return;
+    auto& t = static_cast<detail::timed_event_waiter&>(x);
+    if (t.armed()) timers_.remove(t);
+  }
+
+  // The waiters of this loop on `ev` go into a secondary watch while they have one (FIFO order
+  // spans one watch only), else into the primary watch if it is free, else into a new secondary.
+  detail::event_watch& claim_watch(WaitableEvent& ev, detail::event_watch& primary,
+                                   std::uintptr_t claim) {
+    if (!secondary_watches_.empty()) {
+      if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
+        return *it->second;
+      }
+    }
+    if (claim == 0 &&
+        primary.claim.compare_exchange_strong(claim, reinterpret_cast<std::uintptr_t>(identity_),
+                                              std::memory_order_acq_rel)) {
+      identity_->retain();
+      primary.loop = this;
+      return primary;
+    }
+    // Held by another loop (maybe parked there): ask it to give the watch back when it empties.
+    if (!primary.wanted.load(std::memory_order_relaxed)) {
+      primary.wanted.store(true, std::memory_order_relaxed);
+    }
+    auto secondary = std::make_unique<detail::event_watch>();
+    secondary->event = &ev;
+    secondary->loop = this;
+    detail::event_watch& w = *secondary;
+    secondary_watches_.emplace(&ev, std::move(secondary));
+    return w;
   }
 
   void remove_event_waiter(detail::event_waiter& node) noexcept override {
     detail::event_watch* w = node.watch;
     w->unlink(node);
-    if (node.armed()) timers_.remove(node);
-    if (w->empty()) release_watch(*w);
+    disarm(node);
+    if (w->empty()) watch_emptied(*w);
   }
 
   void cancel_event_waiters(WaitableEvent& ev) noexcept override {
@@ -515,10 +555,13 @@ class Scheduler final : private detail::loop_hooks,
         finish_event_waiter(
             *w.head, released ? detail::wait_outcome::released : detail::wait_outcome::canceled);
       }
-      release_watch(w);
+      drop_watch(w);
     };
     detail::event_watch& primary = detail::event_access::primary_watch(ev);
-    if (primary.owner.load(std::memory_order_acquire) == this) cancel_all(primary);
+    if (primary.claim.load(std::memory_order_acquire) ==
+        reinterpret_cast<std::uintptr_t>(identity_)) {
+      cancel_all(primary);
+    }
     if (!secondary_watches_.empty()) {
       if (auto it = secondary_watches_.find(&ev); it != secondary_watches_.end()) {
         cancel_all(*it->second);
@@ -528,7 +571,7 @@ class Scheduler final : private detail::loop_hooks,
 
   static void on_event_timeout(detail::timer_node& t, detail::loop_hooks& loop) noexcept {
     auto& self = static_cast<Scheduler&>(loop);
-    auto& x = static_cast<detail::event_waiter&>(t);
+    auto& x = static_cast<detail::timed_event_waiter&>(t);
     detail::event_watch* w = x.watch;
     w->unlink(x);
     // Set in the same turn as the deadline passed: the event wins (one resumption either way).
@@ -537,7 +580,7 @@ class Scheduler final : private detail::loop_hooks,
         detail::event_access::is_set(s) || detail::event_access::generation(s) != x.generation;
     x.outcome = released ? detail::wait_outcome::released : detail::wait_outcome::timed_out;
     self.ready_.push_back(x.handle);
-    if (w->empty()) self.release_watch(*w);
+    if (w->empty()) self.watch_emptied(*w);
   }
 
   void link_watch(detail::event_watch& w) noexcept {
@@ -548,21 +591,40 @@ class Scheduler final : private detail::loop_hooks,
     watched_head_ = &w;
   }
 
-  // Forgets an empty watch: a primary one goes back to its event, a secondary one is freed.
-  void release_watch(detail::event_watch& w) noexcept {
-    if (w.linked) {
-      if (w.prev != nullptr) {
-        w.prev->next = w.next;
-      } else {
-        watched_head_ = w.next;
-      }
-      if (w.next != nullptr) w.next->prev = w.prev;
-      w.next = w.prev = nullptr;
-      w.linked = false;
+  void unlink_watch(detail::event_watch& w) noexcept {
+    if (!w.linked) return;
+    if (w.prev != nullptr) {
+      w.prev->next = w.next;
+    } else {
+      watched_head_ = w.next;
     }
+    if (w.next != nullptr) w.next->prev = w.prev;
+    w.next = w.prev = nullptr;
+    w.linked = false;
+  }
+
+  // A watch lost its last waiter. A primary one stays claimed (parked) for this loop's next wait
+  // on the event, unless another loop asked for it; a secondary one is freed.
+  void watch_emptied(detail::event_watch& w) noexcept {
+    WaitableEvent& ev = *w.event;
+    detail::event_watch& primary = detail::event_access::primary_watch(ev);
+    if (&w == &primary && !w.wanted.load(std::memory_order_relaxed)) {
+      unlink_watch(w);
+      w.claim.store(reinterpret_cast<std::uintptr_t>(identity_) | detail::event_watch::kParked,
+                    std::memory_order_release);
+      return;
+    }
+    drop_watch(w);
+  }
+
+  // Forgets an empty watch: a primary one goes back to its event, a secondary one is freed.
+  void drop_watch(detail::event_watch& w) noexcept {
+    unlink_watch(w);
     WaitableEvent& ev = *w.event;
     if (&w == &detail::event_access::primary_watch(ev)) {
-      w.owner.store(nullptr, std::memory_order_release);
+      w.wanted.store(false, std::memory_order_relaxed);
+      w.claim.store(0, std::memory_order_release);
+      identity_->release();  // never the last reference: the loop holds its own
     } else {
       secondary_watches_.erase(&ev);
     }
@@ -627,12 +689,12 @@ class Scheduler final : private detail::loop_hooks,
   // ---- owned frames (task_owner) ----------------------------------------------------------
 
   void adopt(std::coroutine_handle<detail::task_promise<void>> frame) {
-    adopt_promise(frame.promise(), frame);
+    adopt_promise(frame.promise());
   }
 
-  void adopt_promise(detail::task_promise_base& p, std::coroutine_handle<> frame) noexcept {
+  void adopt_promise(detail::task_promise_base& p) noexcept {
     p.owner = this;
-    p.owned_frame = frame;
+    p.at_top = true;
     p.owned_prev = nullptr;
     p.owned_next = owned_head_;
     if (owned_head_ != nullptr) owned_head_->owned_prev = &p;
@@ -673,7 +735,7 @@ class Scheduler final : private detail::loop_hooks,
   }
 
   static bool ended_by_own_cancel(const detail::task_promise_base& p) noexcept {
-    return p.spawned && detail::frame_header::of(p.owned_frame.address()).cancel_requested() &&
+    return p.spawned && detail::frame_header::of(p.frame().address()).cancel_requested() &&
            detail::is_operation_canceled(p.exception);
   }
 
@@ -684,10 +746,10 @@ class Scheduler final : private detail::loop_hooks,
     root_finished_ = nullptr;
     if (finished) {
       root.owner = nullptr;
-      root.owned_frame.destroy();
+      root.frame().destroy();
       return;
     }
-    adopt_promise(root, root.owned_frame);
+    adopt_promise(root);
   }
 
   void report_failure(std::exception_ptr e) noexcept {
@@ -716,12 +778,21 @@ class Scheduler final : private detail::loop_hooks,
   std::condition_variable jobs_finished_;
   int jobs_running_ = 0;
 
-  std::deque<std::coroutine_handle<>> ready_;
+  detail::ready_queue ready_;
   detail::timer_heap timers_;
   std::unique_ptr<detail::reactor> reactor_;
   std::vector<int> extra_fds_;
 
   detail::event_watch* watched_head_ = nullptr;
+  // This loop's name in the events' claims; parked claims may keep it after the loop is gone.
+  struct identity_ref {
+    explicit identity_ref(detail::loop_hooks& loop) : p(new detail::loop_identity(loop)) {}
+    identity_ref(const identity_ref&) = delete;
+    identity_ref& operator=(const identity_ref&) = delete;
+    ~identity_ref() { p->release(); }
+    detail::loop_identity* p;
+  } identity_holder_{*this};
+  detail::loop_identity* const identity_ = identity_holder_.p;
   std::unordered_map<const WaitableEvent*, std::unique_ptr<detail::event_watch>> secondary_watches_;
 
   std::mutex cancel_mutex_;

@@ -4,6 +4,7 @@
 #include <atomic>
 #include <coroutine>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <stdexcept>
 #include <type_traits>
@@ -44,24 +45,42 @@ class task_owner {
 // awaiter copies the pointer), so awaiting costs one pointer copy. A spawned task has its own,
 // made when first needed if a JoinHandle to it still exists (stop_token_holder).
 struct task_promise_base : stop_token_holder {
-  std::coroutine_handle<> continuation{};
+  // Who hears of the end: the coroutine awaiting the task, or, for a task at the top, the
+  // scheduler that runs or owns it (`at_top`). A task is never both, so they share a word.
+  union {
+    std::coroutine_handle<> continuation{};
+    task_owner* owner;  // read only when at_top
+  };
   std::atomic<bool> handed_off{false};
+  bool at_top = false;
   // Scheduler::spawn made it: its frame has a header (frame_header.hpp) with JoinHandles to
   // tell when it ends. Only spawned frames may use the header: a frame whose handle never
   // escapes (a Task created and awaited or run in one function) may have had its allocation
   // elided by the compiler (clang's HALO), and then there is no header in front of it.
   bool spawned = false;
+  // How far this promise sits from the start of its frame: frame() derives the handle, which
+  // every suspended coroutine would otherwise pay a word for. (The distance depends on the
+  // promise's alignment and the compiler's frame layout, so the derived class measures it.)
+  std::uint16_t frame_offset = 0;
   std::exception_ptr exception{};
-  task_owner* owner = nullptr;  // set while a scheduler runs or owns this frame at the top
   task_promise_base* owned_next = nullptr;  // the owner's list of frames it must destroy
   task_promise_base* owned_prev = nullptr;
-  std::coroutine_handle<> owned_frame{};  // this frame, type-erased, while owned (or spawned)
 
   task_promise_base() = default;
   task_promise_base(const task_promise_base&) = delete;
   task_promise_base& operator=(const task_promise_base&) = delete;
   ~task_promise_base() {
-    if (spawned) frame_header::of(owned_frame.address()).finish();  // tell its JoinHandles
+    if (spawned) frame_header::of(frame().address()).finish();  // tell its JoinHandles
+  }
+
+  // This frame, type-erased.
+  std::coroutine_handle<> frame() const noexcept {
+    return std::coroutine_handle<>::from_address(
+        const_cast<char*>(reinterpret_cast<const char*>(this)) - frame_offset);
+  }
+  void measure_frame_offset(const void* frame_address) noexcept {
+    frame_offset = static_cast<std::uint16_t>(reinterpret_cast<const char*>(this) -
+                                              static_cast<const char*>(frame_address));
   }
 
   static void* operator new(std::size_t size) { return frame_header::allocate(size); }
@@ -74,13 +93,16 @@ struct task_promise_base : stop_token_holder {
     template <class Promise>
     std::coroutine_handle<> await_suspend(std::coroutine_handle<Promise> frame) const noexcept {
       task_promise_base& p = frame.promise();
+      if (p.at_top) {
+        if (p.owner != nullptr) p.owner->task_finished(p, frame);  // may destroy the frame
+        return std::noop_coroutine();
+      }
       if (p.continuation) {
         // Second to arrive: the awaiter has suspended, resume it. First: it is still inside
         // await_suspend and will continue by itself.
         if (p.handed_off.exchange(true, std::memory_order_acq_rel)) return p.continuation;
         return std::noop_coroutine();
       }
-      if (p.owner != nullptr) p.owner->task_finished(p, frame);  // may destroy the frame
       return std::noop_coroutine();
     }
     void await_resume() const noexcept {}
@@ -102,6 +124,10 @@ template <class T>
 struct task_promise : task_promise_base {
   std::variant<std::monostate, T> value;
 
+  task_promise() noexcept {
+    measure_frame_offset(std::coroutine_handle<task_promise>::from_promise(*this).address());
+  }
+
   Task<T> get_return_object() noexcept;
 
   template <class U = T>
@@ -116,6 +142,9 @@ struct task_promise : task_promise_base {
 
 template <>
 struct task_promise<void> : task_promise_base {
+  task_promise() noexcept {
+    measure_frame_offset(std::coroutine_handle<task_promise>::from_promise(*this).address());
+  }
   Task<void> get_return_object() noexcept;
   void return_void() const noexcept {}
   void take() const {

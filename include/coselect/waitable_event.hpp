@@ -106,8 +106,16 @@ class WaitableEvent {
          setting(s) != 0 || blocked(s) != 0; s = state_.load(std::memory_order_acquire)) {
       std::this_thread::yield();
     }
-    detail::loop_hooks* owner = primary_watch_.owner.load(std::memory_order_acquire);
-    if (owner != nullptr) owner->cancel_event_waiters(*this);
+    const std::uintptr_t claim = primary_watch_.claim.load(std::memory_order_acquire);
+    detail::loop_hooks* owner = nullptr;
+    if (claim & detail::event_watch::kParked) {
+      // Emptied and out of its loop's list: nobody looks at it, the loop may even be gone.
+      primary_watch_.claim.store(0, std::memory_order_relaxed);
+      detail::event_watch::holder(claim)->release();
+    } else if (claim != 0) {
+      owner = detail::event_watch::holder(claim)->loop;  // waiters linked: the loop lives
+      owner->cancel_event_waiters(*this);
+    }
     detail::loop_hooks* here = detail::current_loop();
     if (here != nullptr && here != owner) here->cancel_event_waiters(*this);
     detail::close_fd(read_fd_);
@@ -240,6 +248,9 @@ class WaitableEvent {
     static_assert(sizeof(std::atomic<std::uint32_t>) == sizeof(std::uint32_t));
     return reinterpret_cast<const std::uint32_t*>(&wake_sequence_);
   }
+  const std::uint32_t* sync_word() const noexcept {
+    return reinterpret_cast<const std::uint32_t*>(&sync_sequence_);
+  }
 
   // Brings the pipe in line with I2, or hands the job to whoever already owns it. Lock-free and
   // async-signal-safe: see the class comment.
@@ -269,8 +280,16 @@ class WaitableEvent {
       for (;;) {
         std::uint64_t n = (s & ~(kByte | kDirty)) | (want_byte ? kByte : 0);
         if (!(s & kDirty)) n &= ~kSyncing;
-        if (state_.compare_exchange_weak(s, n, std::memory_order_acq_rel)) {
-          if (!(n & kSyncing)) return;
+        // seq_cst, with the load of sync_waiters_ after it: a loop waiting for us either sees
+        // `syncing` gone or is seen (event_access::wait_for_pipe_owner).
+        if (state_.compare_exchange_weak(s, n, std::memory_order_seq_cst)) {
+          if (!(n & kSyncing)) {
+            if (sync_waiters_.load(std::memory_order_seq_cst) != 0) {
+              sync_sequence_.fetch_add(1, std::memory_order_release);
+              detail::futex_wake_all(sync_word());
+            }
+            return;
+          }
           s = n;
           break;  // someone changed the state meanwhile: evaluate again
         }
@@ -302,6 +321,10 @@ class WaitableEvent {
 
   mutable std::atomic<std::uint64_t> state_{0};
   std::atomic<std::uint32_t> wake_sequence_{0};
+  // Loops waiting for the pipe's owner to finish (wait_for_pipe_owner), and the futex word
+  // the owner bumps when it finishes and finds any.
+  mutable std::atomic<std::uint32_t> sync_waiters_{0};
+  mutable std::atomic<std::uint32_t> sync_sequence_{0};
   int read_fd_ = -1;
   int write_fd_ = -1;
   detail::event_watch primary_watch_;
@@ -338,6 +361,28 @@ struct event_access {
     return true;
   }
 
+  // A loop whose select() woke for nothing: the pipe may still hold a byte that the thread
+  // owning it (`syncing`) is about to drain, quite likely preempted by this very wake-up on a
+  // busy CPU. Selecting again would spin until it runs; instead sleep until it is done (or
+  // until `deadline`, CLOCK_MONOTONIC, should it be stopped). Returns false at once if nobody
+  // owns the pipe.
+  static bool wait_for_pipe_owner(const WaitableEvent& ev, const timespec& deadline) noexcept {
+    if (!(ev.state_.load(std::memory_order_acquire) & WaitableEvent::kSyncing)) return false;
+    // Most often the owner is about to finish: running on another CPU, or preempted on this
+    // one, where a yield hands it the CPU. Sleep only if that was not enough: a futex sleep and
+    // wake cost more than the owner's remaining work.
+    std::this_thread::yield();
+    const std::uint32_t sequence = ev.sync_sequence_.load(std::memory_order_acquire);
+    if (!(ev.state_.load(std::memory_order_acquire) & WaitableEvent::kSyncing)) return true;
+    ev.sync_waiters_.fetch_add(1, std::memory_order_seq_cst);
+    while ((ev.state_.load(std::memory_order_seq_cst) & WaitableEvent::kSyncing) &&
+           ev.sync_sequence_.load(std::memory_order_acquire) == sequence) {
+      if (!futex_wait(ev.sync_word(), sequence, &deadline)) break;  // timed out
+    }
+    ev.sync_waiters_.fetch_sub(1, std::memory_order_release);
+    return true;
+  }
+
   static void leave_select(const WaitableEvent& ev) noexcept {
     std::uint64_t s = ev.state_.load(std::memory_order_relaxed);
     std::uint64_t n;
@@ -357,84 +402,104 @@ struct event_access {
 
 }  // namespace detail
 
-// Awaiter of `co_await ev.wait()`. Lives in the awaiting frame; if the frame is destroyed while
-// waiting, it unlinks itself from the loop. Movable until awaited.
-class WaitableEvent::wait_awaiter {
+namespace detail {
+
+// The body of both event awaiters, over the waiter node they keep in the awaiting frame
+// (event_waiter, or timed_event_waiter with its timer node). Lives in the awaiting frame; if the
+// frame is destroyed while waiting, it unlinks itself from the loop. Movable until awaited. The
+// loop is not stored: while the node is linked its watch knows it, and that is the only time
+// it is needed after await_suspend.
+template <class Node>
+class event_wait {
  public:
-  explicit wait_awaiter(WaitableEvent& ev) noexcept : event_(ev) {}
-  wait_awaiter(wait_awaiter&& other) noexcept : event_(other.event_), node_() {}
-  wait_awaiter& operator=(const wait_awaiter&) = delete;
-  ~wait_awaiter() {
+  explicit event_wait(WaitableEvent& ev) noexcept : event_(ev) {}
+  event_wait(event_wait&& other) noexcept : event_(other.event_), node_() {}
+  event_wait& operator=(const event_wait&) = delete;
+  ~event_wait() {
     cancel_.disarm();
-    if (node_.watch != nullptr) loop_->remove_event_waiter(node_);
+    if (node_.watch != nullptr) node_.watch->loop->remove_event_waiter(node_);
   }
 
   bool await_ready() {
-    loop_ = detail::current_loop();
-    if (loop_ == nullptr) detail::throw_no_scheduler("WaitableEvent::wait()");
+    if (current_loop() == nullptr) throw_no_scheduler("WaitableEvent::wait()");
     // Decide here, once: re-reading is_set() later could see a clear() from another thread.
     if (!event_.is_set()) return false;
-    node_.outcome = detail::wait_outcome::released;
+    node_.outcome = wait_outcome::released;
     return true;
   }
-
-  template <class Promise>
-  bool await_suspend(std::coroutine_handle<Promise> h) {
-    const std::uint64_t s = detail::event_access::load(event_);
-    if (detail::event_access::is_set(s)) {
-      node_.outcome = detail::wait_outcome::released;
-      return false;
-    }
-    const std::stop_token* token = detail::stop_token_of(h);
-    detail::cancel_point::check(token, kStopped);
-    node_.handle = h;
-    node_.generation = detail::event_access::generation(s);
-    loop_->add_event_waiter(event_, node_);
-    cancel_.arm(token, *loop_, &on_cancel, this);
-    return true;
-  }
-
-  void await_resume() { end_wait(); }
 
  protected:
   static constexpr const char* kStopped = "coselect::WaitableEvent::wait() canceled";
 
+  template <class Promise>
+  bool suspend(std::coroutine_handle<Promise> h, loop_hooks& loop) {
+    const std::uint64_t s = event_access::load(event_);
+    if (event_access::is_set(s)) {
+      node_.outcome = wait_outcome::released;
+      return false;
+    }
+    const std::stop_token* token = stop_token_of(h);
+    cancel_point::check(token, kStopped);
+    node_.handle = h;
+    node_.generation = event_access::generation(s);
+    loop.add_event_waiter(event_, node_);
+    cancel_.arm(token, loop, &on_cancel, this);
+    return true;
+  }
+
   // Every way out of a wait: no stop request can arrive any more; throws if canceled.
   void end_wait() {
     cancel_.disarm();
-    if (node_.outcome == detail::wait_outcome::canceled) [[unlikely]] {
-      detail::throw_operation_canceled(
-          stopped_ ? kStopped : "coselect::WaitableEvent destroyed while a coroutine waited on it");
+    if (node_.outcome == wait_outcome::canceled) [[unlikely]] {
+      throw_operation_canceled(
+          node_.stopped ? kStopped
+                        : "coselect::WaitableEvent destroyed while a coroutine waited on it");
     }
   }
 
   WaitableEvent& event_;
-  detail::loop_hooks* loop_ = nullptr;
-  detail::event_waiter node_;
-  detail::cancel_point cancel_;
-  bool stopped_ = false;
+  Node node_;
+  cancel_point cancel_;
 
  private:
   static void on_cancel(void* self) noexcept {
-    auto& a = *static_cast<wait_awaiter*>(self);
+    auto& a = *static_cast<event_wait*>(self);
     if (a.node_.watch == nullptr) return;  // already released (or timed out): that stands
-    a.loop_->remove_event_waiter(a.node_);
-    a.node_.outcome = detail::wait_outcome::canceled;
-    a.stopped_ = true;
-    a.loop_->make_ready(a.node_.handle);
+    loop_hooks& loop = *a.node_.watch->loop;
+    loop.remove_event_waiter(a.node_);
+    a.node_.outcome = wait_outcome::canceled;
+    a.node_.stopped = true;
+    loop.make_ready(a.node_.handle);
   }
 };
 
+}  // namespace detail
+
+// Awaiter of `co_await ev.wait()`.
+class WaitableEvent::wait_awaiter : private detail::event_wait<detail::event_waiter> {
+ public:
+  explicit wait_awaiter(WaitableEvent& ev) noexcept : event_wait(ev) {}
+  wait_awaiter(wait_awaiter&& other) noexcept = default;
+
+  using event_wait::await_ready;
+
+  template <class Promise>
+  bool await_suspend(std::coroutine_handle<Promise> h) {
+    return suspend(h, *detail::current_loop());
+  }
+
+  void await_resume() { end_wait(); }
+};
+
 // Awaiter of `co_await ev.wait(timeout)`: true if set, false on timeout.
-class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
+class WaitableEvent::timed_wait_awaiter : private detail::event_wait<detail::timed_event_waiter> {
  public:
   timed_wait_awaiter(WaitableEvent& ev, std::chrono::nanoseconds timeout) noexcept
-      : wait_awaiter(ev), timeout_(timeout) {}
-  timed_wait_awaiter(timed_wait_awaiter&& other) noexcept
-      : wait_awaiter(other.event_), timeout_(other.timeout_) {}
+      : event_wait(ev), timeout_(timeout) {}
+  timed_wait_awaiter(timed_wait_awaiter&& other) noexcept = default;
 
   bool await_ready() {
-    if (wait_awaiter::await_ready()) return true;
+    if (event_wait::await_ready()) return true;
     if (timeout_.count() > 0) return false;
     node_.outcome = detail::wait_outcome::timed_out;  // a poll that found the event clear
     return true;
@@ -442,9 +507,9 @@ class WaitableEvent::timed_wait_awaiter : private WaitableEvent::wait_awaiter {
 
   template <class Promise>
   bool await_suspend(std::coroutine_handle<Promise> h) {
-    node_.has_deadline = true;
-    node_.due = detail::saturating_add<std::chrono::steady_clock>(loop_->now(), timeout_);
-    return wait_awaiter::await_suspend(h);
+    detail::loop_hooks& loop = *detail::current_loop();
+    node_.due = detail::saturating_add<std::chrono::steady_clock>(loop.now(), timeout_);
+    return suspend(h, loop);
   }
 
   bool await_resume() {

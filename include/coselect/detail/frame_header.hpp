@@ -51,10 +51,113 @@ struct join_control {
   }
 };
 
+// A per-thread cache of freed frame blocks by size class (16-byte steps), so that the steady
+// state of spawning, awaiting and finishing coroutines takes nothing from malloc. A block goes
+// back to the cache of the thread that frees it (a frame may end, or its last JoinHandle go,
+// on another thread than the one that made it); a thread keeps at most kMaxBytes per class (so
+// that a burst of one size cannot crowd out the steady state of another), the rest goes back
+// to the heap. The lists are plain thread-local data (no construction guard on the hot
+// path); a thread-local janitor, registered on the first put, hands them back at thread exit.
+class frame_cache {
+#if defined(__SANITIZE_ADDRESS__)
+  static constexpr bool kBypass = true;  // AddressSanitizer must see every frame freed
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+  static constexpr bool kBypass = true;
+#else
+  static constexpr bool kBypass = false;
+#endif
+#else
+  static constexpr bool kBypass = false;
+#endif
+
+ public:
+  static constexpr std::size_t kStep = 16;
+  static constexpr std::size_t kHeaderGuess = 8;
+  static constexpr std::uint32_t kClasses = 64;  // blocks up to 1000 bytes; larger ones bypass
+  static constexpr std::size_t kMaxBytes = std::size_t{256} << 10;
+
+  // Blocks of class c hold c * kStep - 8 bytes: with malloc's usual 8-byte chunk header, that
+  // fills a chunk exactly, where rounding the request up to c * kStep would waste 16 bytes.
+  static constexpr std::size_t block_size(std::uint32_t c) noexcept {
+    return std::size_t{c} * kStep - kHeaderGuess;
+  }
+
+  // The class of the smallest block that holds `bytes`, or 0 if blocks that size are not cached.
+  static constexpr std::uint32_t size_class(std::size_t bytes) noexcept {
+    if (kBypass) return 0;
+    const std::size_t c = (bytes + kHeaderGuess + kStep - 1) / kStep;
+    return c < kClasses ? static_cast<std::uint32_t>(c) : 0;
+  }
+
+  static void* take(std::uint32_t c) {
+    lists& l = this_thread();
+    if (block* b = l.heads[c]) {
+      l.heads[c] = b->next;
+      l.bytes[c] -= static_cast<std::uint32_t>(block_size(c));
+      return b;
+    }
+    return ::operator new(block_size(c));
+  }
+
+  static void give(void* p, std::uint32_t c) noexcept {
+    lists& l = this_thread();
+    if (l.phase != mode::open || l.bytes[c] + block_size(c) > kMaxBytes) {
+      if (l.phase == mode::fresh) {
+        open(l);
+      } else {
+        ::operator delete(p);
+        return;
+      }
+    }
+    auto* b = static_cast<block*>(p);
+    b->next = l.heads[c];
+    l.heads[c] = b;
+    l.bytes[c] += static_cast<std::uint32_t>(block_size(c));
+  }
+
+ private:
+  struct block {
+    block* next;
+  };
+  enum class mode : std::uint8_t { fresh, open, closed };
+  struct lists {
+    block* heads[kClasses];
+    std::uint32_t bytes[kClasses];
+    mode phase;
+  };
+  struct janitor {
+    ~janitor() {
+      lists& l = this_thread();
+      l.phase = mode::closed;  // frames freed later by this thread go straight to the heap
+      for (block*& head : l.heads) {
+        while (block* b = head) {
+          head = b->next;
+          ::operator delete(static_cast<void*>(b));
+        }
+      }
+      for (std::uint32_t& b : l.bytes)
+        b = 0;
+    }
+  };
+
+  // Not inlined: a coroutine that moved to another thread must not reuse a thread-local address
+  // computed before the move (see current_loop in wait_node.hpp).
+  [[gnu::noinline]] static lists& this_thread() noexcept {
+    static thread_local lists l{};
+    return l;
+  }
+  [[gnu::noinline]] static void open(lists& l) noexcept {
+    static thread_local janitor j;
+    (void)j;
+    l.phase = mode::open;
+  }
+};
+
 class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
  public:
-  static constexpr std::uint32_t kDone = 1;             // the frame is gone (finished)
-  static constexpr std::uint32_t kCancelRequested = 2;  // JoinHandle::cancel() was called
+  static constexpr std::uint16_t kDone = 1;             // the frame is gone (finished)
+  static constexpr std::uint16_t kCancelRequested = 2;  // JoinHandle::cancel() was called
 
   // The header of a frame allocated by allocate() (every Task frame that reached the heap).
   static frame_header& of(void* frame_address) noexcept {
@@ -63,8 +166,10 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   }
 
   static void* allocate(std::size_t frame_size) {
-    void* raw = ::operator new(frame_size + sizeof(frame_header));
-    return reinterpret_cast<char*>(new (raw) frame_header) + sizeof(frame_header);
+    const std::size_t bytes = frame_size + sizeof(frame_header);
+    const std::uint32_t c = frame_cache::size_class(bytes);
+    void* raw = c != 0 ? frame_cache::take(c) : ::operator new(bytes);
+    return reinterpret_cast<char*>(new (raw) frame_header(c)) + sizeof(frame_header);
   }
   // The frame's own reference goes (its destructors have run).
   static void deallocate(void* frame_address) noexcept { of(frame_address).release(); }
@@ -77,8 +182,13 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
     if (refs_.load(std::memory_order_acquire) == 1 ||
         refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
       delete control_.load(std::memory_order_acquire);
+      const std::uint32_t c = size_class_;
       this->~frame_header();
-      ::operator delete(static_cast<void*>(this));
+      if (c != 0) {
+        frame_cache::give(this, c);
+      } else {
+        ::operator delete(static_cast<void*>(this));
+      }
     }
   }
   // A JoinHandle lets go. `on_owner_loop`: the caller runs the loop that owns the frame, so
@@ -112,7 +222,7 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
 
   // Any thread (JoinHandle::cancel): stop the task, unless it has already finished.
   void cancel() {
-    const std::uint32_t before = flags_.fetch_or(kCancelRequested, std::memory_order_acq_rel);
+    const std::uint16_t before = flags_.fetch_or(kCancelRequested, std::memory_order_acq_rel);
     if ((before & kDone) == 0) control_or_create().source.request_stop();
   }
 
@@ -132,8 +242,11 @@ class alignas(__STDCPP_DEFAULT_NEW_ALIGNMENT__) frame_header {
   }
 
  private:
+  explicit frame_header(std::uint32_t size_class) noexcept : size_class_(size_class) {}
+
   std::atomic<std::uint32_t> refs_{1};  // the frame, plus one per JoinHandle
-  std::atomic<std::uint32_t> flags_{0};
+  std::atomic<std::uint16_t> flags_{0};
+  std::uint16_t size_class_;  // frame_cache's class of the whole block, 0 if not cached
   std::atomic<join_control*> control_{nullptr};
 };
 static_assert(sizeof(frame_header) % __STDCPP_DEFAULT_NEW_ALIGNMENT__ == 0);

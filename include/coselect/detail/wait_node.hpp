@@ -38,22 +38,58 @@ struct event_watch;
 
 // A coroutine waiting on a WaitableEvent, linked FIFO into the event's watch list of its loop.
 // `generation` is the event's set-generation when the wait began: any later set() releases it,
-// even one that a clear() undid before the loop looked (the pulse rule).
-struct event_waiter : timer_node {
+// even one that a clear() undid before the loop looked (the pulse rule). It lives in the
+// awaiting frame, so an untimed wait carries no timer node: see timed_event_waiter.
+struct event_waiter {
   std::coroutine_handle<> handle{};
   event_watch* watch = nullptr;  // non-null while linked
   event_waiter* next = nullptr;
   event_waiter* prev = nullptr;
   std::uint32_t generation = 0;
   wait_outcome outcome = wait_outcome::pending;
-  bool has_deadline = false;
+  bool timed = false;    // this is the event_waiter of a timed_event_waiter
+  bool stopped = false;  // canceled by a stop request (not by the event's destruction)
+};
+
+// A waiter with a deadline in its loop's timer heap.
+struct timed_event_waiter : event_waiter, timer_node {
+  timed_event_waiter() noexcept { timed = true; }
+};
+
+// Names a loop in the claims it makes on events' primary watches. It is separate from the loop
+// because a claim may outlive it: an emptied watch stays claimed ("parked") so that the loop's
+// next wait on that event costs no atomic read-modify-write, and the loop cannot find its
+// parked watches again (their events may die on other threads). The event, when it dies, lets
+// go of a parked claim; the identity goes with the last claim that names it.
+struct loop_identity {
+  explicit loop_identity(loop_hooks& l) noexcept : loop(&l) {}
+  loop_hooks* loop;                    // only valid while a claim naming it is not parked
+  std::atomic<std::uint32_t> refs{1};  // the loop's own, plus one per watch claiming it
+
+  void retain() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+  void release() noexcept {
+    if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+  }
 };
 
 // The waiters one loop has on one event. Every event embeds one (its "primary" watch, claimed by
 // the first loop that waits on it); further loops waiting at the same time keep their own.
 struct event_watch {
+  // A claim's low bit: the watch is empty and out of the loop's list; only the claiming loop
+  // may take it back into use (a plain store), only the event's destructor may drop it.
+  static constexpr std::uintptr_t kParked = 1;
+  static loop_identity* holder(std::uintptr_t claim) noexcept {
+    return reinterpret_cast<loop_identity*>(claim & ~kParked);
+  }
+
   WaitableEvent* event = nullptr;
-  std::atomic<loop_hooks*> owner{nullptr};  // the loop using this watch, or null when free
+  loop_hooks* loop = nullptr;  // the loop using it, while waiters are linked
+  // Primary watch: 0 when free, else the claiming loop's identity (| kParked). Secondary watches
+  // belong to their loop for good and leave it 0.
+  std::atomic<std::uintptr_t> claim{0};
+  // Another loop found the primary watch claimed and made a secondary one: the claiming loop
+  // gives the primary back when it next empties instead of parking it.
+  std::atomic<bool> wanted{false};
   event_waiter* head = nullptr;
   event_waiter* tail = nullptr;
   event_watch* next = nullptr;  // in the owner's list of watched events
@@ -96,7 +132,8 @@ struct event_watch {
 // header including the scheduler (which sits above it).
 class loop_hooks {
  public:
-  // Links `w` (handle, generation, deadline already filled in) to the loop's watch of `ev`.
+  // Links `w` (handle, generation, deadline already filled in) to the loop's watch of `ev`; the
+  // watch's `loop` is this loop from then on until `w` is unlinked.
   virtual void add_event_waiter(WaitableEvent& ev, event_waiter& w) = 0;
   // The awaiting frame is being destroyed while still waiting: forget the waiter.
   virtual void remove_event_waiter(event_waiter& w) noexcept = 0;
