@@ -8,8 +8,10 @@
 // Not thread-safe: its owner serialises access.
 #pragma once
 
+#include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <utility>
 #include <vector>
@@ -20,14 +22,14 @@ namespace coselect::detail {
 
 // Min-heap of {due, sequence, payload}: the earliest deadline first, and equal deadlines in
 // sequence order (the owner hands out increasing sequences to get first-in, first-out).
-template <class Payload>
+template <class Payload, class Sequence = std::uint64_t>
 class quad_heap {
  public:
   using time_point = std::chrono::steady_clock::time_point;
 
   struct entry {
     time_point due;
-    std::uint64_t sequence;
+    Sequence sequence;
     Payload payload;
   };
 
@@ -35,7 +37,7 @@ class quad_heap {
   std::size_t size() const noexcept { return entries_.size(); }
   const entry& top() const noexcept { return entries_.front(); }
 
-  void push(time_point due, std::uint64_t sequence, Payload payload) {
+  void push(time_point due, Sequence sequence, Payload payload) {
     entries_.push_back(entry{due, sequence, payload});
     sift_up(entries_.size() - 1);
   }
@@ -61,6 +63,16 @@ class quad_heap {
 
   // Unordered access, for owners that must visit everything (teardown).
   std::vector<entry>& entries() noexcept { return entries_; }
+
+  // Numbers the entries 0, 1, ... in their order, keeping it; returns the count. A sorted
+  // array is a heap, so nothing else moves.
+  Sequence renumber() noexcept {
+    std::sort(entries_.begin(), entries_.end(), earlier);
+    Sequence next = 0;
+    for (entry& e : entries_)
+      e.sequence = next++;
+    return next;
+  }
 
  private:
   static bool earlier(const entry& a, const entry& b) noexcept {
@@ -124,6 +136,11 @@ class timer_heap {
     } else {
       slots_.push_back(reinterpret_cast<std::uintptr_t>(&node));
       slot = static_cast<std::uint32_t>(slots_.size() - 1);
+    }
+    // 32-bit sequences keep an entry at 16 bytes; before they would wrap, the live ones are
+    // renumbered from 0 in their order (once per 4 billion timers).
+    if (next_sequence_ == std::numeric_limits<std::uint32_t>::max()) {
+      next_sequence_ = heap_.renumber();
     }
     try {
       heap_.push(node.due, next_sequence_++, slot);
@@ -191,11 +208,11 @@ class timer_heap {
     });
   }
 
-  quad_heap<std::uint32_t> heap_;
+  quad_heap<std::uint32_t, std::uint32_t> heap_;
   std::vector<std::uintptr_t> slots_;
   std::uint32_t free_head_ = no_slot;
   std::size_t live_ = 0;
-  std::uint64_t next_sequence_ = 0;
+  std::uint32_t next_sequence_ = 0;
 };
 
 }  // namespace coselect::detail
