@@ -91,6 +91,7 @@ struct task_record {
   std::atomic<std::uint64_t> word{0};
   std::atomic<std::chrono::steady_clock::rep> due{0};  // for TaskHandle::due(); mutex writers
   std::atomic<std::uint32_t> refs{0};
+  bool pooled = false;  // carved from one of the queue's blocks, not allocated on its own
   alignas(void*) unsigned char storage[inline_size];  // the callable, or a pointer to it
 
   std::chrono::steady_clock::time_point due_time() const noexcept {
@@ -105,9 +106,19 @@ struct task_record {
 using task_entry = quad_heap<task_record*>::entry;
 
 // The part of a TaskManager that its handles may outlive. Counted: the TaskManager and every
-// record it made (live or on the free list) hold a reference.
+// record it made (live or free) hold a reference; the last one frees the record blocks.
 struct task_queue {
   explicit task_queue(task_host* owner) noexcept : host(owner) {}
+  task_queue(const task_queue&) = delete;
+  task_queue& operator=(const task_queue&) = delete;
+  ~task_queue() {
+    for (void* b : blocks)
+      ::operator delete(b);
+  }
+
+  // Records come in blocks of this many: no malloc header each, and no free() of a million
+  // records in random order (which glibc pays for dearly) when a million timers have fired.
+  static constexpr std::size_t block_records = 64;
 
   std::atomic<std::size_t> refs{1};
 
@@ -122,6 +133,8 @@ struct task_queue {
   // increment); everybody else adds to the other one.
   std::atomic<std::ptrdiff_t> pending_loop{0};
   std::atomic<std::ptrdiff_t> pending_other{0};
+  task_record* returned = nullptr;  // pooled records whose last handle went away
+  std::atomic<bool> has_returned{false};
 
   // ---- the loop thread's own: no lock ----
   std::vector<task_entry> soon;  // call_soon's entries in install order; a batch takes them all
@@ -133,7 +146,7 @@ struct task_queue {
   bool inbox_from_loop = false;
   std::uint64_t next_sequence = 1;
   task_record* free_records = nullptr;  // linked through their storage
-  std::size_t free_count = 0;
+  std::vector<void*> blocks;
 
   void count_loop(std::ptrdiff_t d) noexcept {
     pending_loop.store(pending_loop.load(std::memory_order_relaxed) + d, std::memory_order_relaxed);
@@ -144,10 +157,33 @@ inline void release_queue(task_queue& q) noexcept {
   if (q.refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete &q;
 }
 
+inline task_record* next_free(task_record& r) noexcept {
+  task_record* next;
+  std::memcpy(&next, r.storage, sizeof next);
+  return next;
+}
+inline void link_free(task_record*& list, task_record& r) noexcept {
+  std::memcpy(r.storage, &list, sizeof list);
+  list = &r;
+}
+
+// A record nobody references any more, its callable destroyed, released off the loop's own
+// paths: a pooled one goes back to the pool while the TaskManager lives.
 inline void free_record(task_record& r) noexcept {
   task_queue& q = *r.queue;
-  r.~task_record();
-  ::operator delete(static_cast<void*>(&r));
+  if (r.pooled) {
+    {
+      std::lock_guard lock(q.mutex);
+      if (q.host != nullptr) {
+        link_free(q.returned, r);
+        q.has_returned.store(true, std::memory_order_relaxed);
+        return;  // the pool keeps its reference
+      }
+    }
+  } else {
+    r.~task_record();
+    ::operator delete(static_cast<void*>(&r));
+  }
   release_queue(q);
 }
 
@@ -419,10 +455,20 @@ class TaskManager {
         retire(e);
       entries->clear();
     }
-    while (detail::task_record* r = q_.free_records) {
-      std::memcpy(&q_.free_records, r->storage, sizeof r);
-      detail::free_record(*r);
+    detail::task_record* returned;
+    {
+      std::lock_guard lock(q_.mutex);
+      returned = std::exchange(q_.returned, nullptr);
     }
+    // Pooled records only: each holds a reference, dropped here in one go (the TaskManager's
+    // own keeps the count above zero).
+    std::size_t idle_records = 0;
+    for (detail::task_record* list : {q_.free_records, returned}) {
+      for (; list != nullptr; list = detail::next_free(*list))
+        ++idle_records;
+    }
+    q_.free_records = nullptr;
+    q_.refs.fetch_sub(idle_records, std::memory_order_relaxed);
     detail::release_queue(q_);
   }
 
@@ -574,8 +620,6 @@ class TaskManager {
   }
 
  private:
-  static constexpr std::size_t max_free_records = 1024;
-
   detail::task_host& host() const {
     detail::task_host* h = q_.host;
     return *h;
@@ -590,10 +634,52 @@ class TaskManager {
   // last one.
   void release(detail::task_record& r) noexcept {
     if (!detail::drop_ref(r)) return;
-    if (q_.free_count < max_free_records) {
-      std::memcpy(r.storage, &q_.free_records, sizeof q_.free_records);
-      q_.free_records = &r;
-      ++q_.free_count;
+    if (r.pooled) {
+      detail::link_free(q_.free_records, r);
+    } else {
+      // Back to malloc, which hands it to the thread that allocated it again: kept here it
+      // would make that thread fault in fresh memory for every record.
+      detail::free_record(r);
+    }
+  }
+
+  // Loop thread: a record from the pool, refilled from the records that came back through
+  // handles, or from a new block.
+  detail::task_record* take_pooled() {
+    if (q_.free_records == nullptr && q_.has_returned.load(std::memory_order_relaxed)) {
+      std::lock_guard lock(q_.mutex);
+      q_.free_records = std::exchange(q_.returned, nullptr);
+      q_.has_returned.store(false, std::memory_order_relaxed);
+    }
+    if (q_.free_records == nullptr) {
+      constexpr std::size_t n = detail::task_queue::block_records;
+      q_.blocks.push_back(nullptr);  // first, so that a failure here leaks nothing
+      void* block;
+      try {
+        block = ::operator new(n * sizeof(detail::task_record));
+      } catch (...) {
+        q_.blocks.pop_back();
+        throw;
+      }
+      q_.blocks.back() = block;
+      auto* records = static_cast<detail::task_record*>(block);
+      for (std::size_t i = n; i-- > 0;) {
+        auto* r = ::new (static_cast<void*>(records + i)) detail::task_record;
+        r->queue = &q_;
+        r->pooled = true;
+        detail::link_free(q_.free_records, *r);
+      }
+      q_.refs.fetch_add(n, std::memory_order_relaxed);
+    }
+    detail::task_record* r = q_.free_records;
+    q_.free_records = detail::next_free(*r);
+    return r;
+  }
+
+  // A record that never got installed: back where it came from.
+  void discard(detail::task_record& r, bool local) noexcept {
+    if (local) {
+      detail::link_free(q_.free_records, r);
     } else {
       detail::free_record(r);
     }
@@ -603,11 +689,10 @@ class TaskManager {
   detail::task_record* make_record(bool local, F&& f) {
     static_assert(std::is_invocable_v<C&>, "a task must be callable with no arguments");
     detail::task_record* r;
-    if (local && q_.free_records != nullptr) {
-      r = q_.free_records;
-      std::memcpy(&q_.free_records, r->storage, sizeof r);
-      --q_.free_count;
+    if (local) {
+      r = take_pooled();
     } else {
+      // Other threads allocate on their own rather than lock the pool.
       r = ::new (::operator new(sizeof(detail::task_record))) detail::task_record;
       r->queue = &q_;
       q_.refs.fetch_add(1, std::memory_order_relaxed);
@@ -615,7 +700,7 @@ class TaskManager {
     try {
       detail::construct_callable<C>(*r, std::forward<F>(f));
     } catch (...) {
-      detail::free_record(*r);
+      discard(*r, local);
       throw;
     }
     return r;
@@ -660,7 +745,7 @@ class TaskManager {
       }
     } catch (...) {
       r->ops->destroy(*r);
-      detail::free_record(*r);
+      discard(*r, local);
       throw;
     }
     return TaskHandle(r);
