@@ -468,7 +468,7 @@ class TaskManager {
         ++idle_records;
     }
     q_.free_records = nullptr;
-    q_.refs.fetch_sub(idle_records, std::memory_order_relaxed);
+    q_.refs.fetch_sub(idle_records + unpooled_released_, std::memory_order_relaxed);
     detail::release_queue(q_);
   }
 
@@ -638,8 +638,13 @@ class TaskManager {
       detail::link_free(q_.free_records, r);
     } else {
       // Back to malloc, which hands it to the thread that allocated it again: kept here it
-      // would make that thread fault in fresh memory for every record.
-      detail::free_record(r);
+      // would make that thread fault in fresh memory for every record. Its reference to the
+      // queue is dropped with the others at the end (the TaskManager's own keeps the queue
+      // alive until then): a locked decrement per record would pull the count's cache line
+      // away from the thread that is installing.
+      r.~task_record();
+      ::operator delete(static_cast<void*>(&r));
+      ++unpooled_released_;
     }
   }
 
@@ -843,6 +848,7 @@ class TaskManager {
 
   detail::task_queue& q_;
   std::vector<detail::task_entry> batch_;  // loop thread only
+  std::size_t unpooled_released_ = 0;      // loop thread only: see release()
 };
 
 }  // namespace coselect
