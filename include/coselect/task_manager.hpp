@@ -134,6 +134,7 @@ struct task_queue {
   std::atomic<std::ptrdiff_t> pending_loop{0};
   std::atomic<std::ptrdiff_t> pending_other{0};
   task_record* returned = nullptr;  // pooled records whose last handle went away
+  std::size_t returned_count = 0;
   std::atomic<bool> has_returned{false};
 
   // ---- the loop thread's own: no lock ----
@@ -146,6 +147,7 @@ struct task_queue {
   bool inbox_from_loop = false;
   std::uint64_t next_sequence = 1;
   task_record* free_records = nullptr;  // linked through their storage
+  std::size_t free_count = 0;
   std::vector<void*> blocks;
 
   void count_loop(std::ptrdiff_t d) noexcept {
@@ -176,6 +178,7 @@ inline void free_record(task_record& r) noexcept {
       std::lock_guard lock(q.mutex);
       if (q.host != nullptr) {
         link_free(q.returned, r);
+        ++q.returned_count;
         q.has_returned.store(true, std::memory_order_relaxed);
         return;  // the pool keeps its reference
       }
@@ -455,19 +458,17 @@ class TaskManager {
         retire(e);
       entries->clear();
     }
-    detail::task_record* returned;
+    // The idle pooled records each hold a reference, dropped here in one go (the
+    // TaskManager's own keeps the count above zero). Counted, not walked: a million records
+    // freed in deadline order make a list that is one cache miss per link.
+    std::size_t idle_records = q_.free_count;
     {
       std::lock_guard lock(q_.mutex);
-      returned = std::exchange(q_.returned, nullptr);
-    }
-    // Pooled records only: each holds a reference, dropped here in one go (the TaskManager's
-    // own keeps the count above zero).
-    std::size_t idle_records = 0;
-    for (detail::task_record* list : {q_.free_records, returned}) {
-      for (; list != nullptr; list = detail::next_free(*list))
-        ++idle_records;
+      q_.returned = nullptr;
+      idle_records += std::exchange(q_.returned_count, 0);
     }
     q_.free_records = nullptr;
+    q_.free_count = 0;
     q_.refs.fetch_sub(idle_records + unpooled_released_, std::memory_order_relaxed);
     detail::release_queue(q_);
   }
@@ -636,6 +637,7 @@ class TaskManager {
     if (!detail::drop_ref(r)) return;
     if (r.pooled) {
       detail::link_free(q_.free_records, r);
+      ++q_.free_count;
     } else {
       // Back to malloc, which hands it to the thread that allocated it again: kept here it
       // would make that thread fault in fresh memory for every record. Its reference to the
@@ -654,6 +656,7 @@ class TaskManager {
     if (q_.free_records == nullptr && q_.has_returned.load(std::memory_order_relaxed)) {
       std::lock_guard lock(q_.mutex);
       q_.free_records = std::exchange(q_.returned, nullptr);
+      q_.free_count = std::exchange(q_.returned_count, 0);
       q_.has_returned.store(false, std::memory_order_relaxed);
     }
     if (q_.free_records == nullptr) {
@@ -674,10 +677,12 @@ class TaskManager {
         r->pooled = true;
         detail::link_free(q_.free_records, *r);
       }
+      q_.free_count = n;
       q_.refs.fetch_add(n, std::memory_order_relaxed);
     }
     detail::task_record* r = q_.free_records;
     q_.free_records = detail::next_free(*r);
+    --q_.free_count;
     return r;
   }
 
@@ -685,6 +690,7 @@ class TaskManager {
   void discard(detail::task_record& r, bool local) noexcept {
     if (local) {
       detail::link_free(q_.free_records, r);
+      ++q_.free_count;
     } else {
       detail::free_record(r);
     }
