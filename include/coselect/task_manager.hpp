@@ -745,6 +745,7 @@ class TaskManager {
         r->word.store(w::make(sequence, w::queued), std::memory_order_relaxed);
         push_local(detail::task_entry{due, sequence, r});
         q_.count_loop(1);
+        sweep_if_mostly_tombstones();
       } else {
         std::lock_guard lock(q_.mutex);
         const std::uint64_t tag = q_.next_remote++;
@@ -795,6 +796,22 @@ class TaskManager {
       }
     }
     q_.incoming.clear();
+    sweep_if_mostly_tombstones();
+  }
+
+  // Suspended and moved tasks leave tombstones in the heap until their old deadline comes up,
+  // each holding its record (and callable). A watchdog that reschedules on every event would
+  // pile them up; sweeping once they outnumber the live tasks keeps the heap within twice its
+  // live size at O(1) amortised per entry. Never called with the mutex held: releasing a
+  // record may run a callable's destructor.
+  void sweep_if_mostly_tombstones() noexcept {
+    const std::size_t n = q_.heap.size();
+    if (n <= 64 || n <= 2 * pending()) return;
+    q_.heap.retain([this](const detail::task_entry& e) {
+      if (live(e)) return true;
+      release(*e.payload);
+      return false;
+    });
   }
 
   // After a callback: a recurring task goes back on its grid, unless it was suspended or moved
