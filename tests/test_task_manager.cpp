@@ -309,6 +309,24 @@ TEST(TaskHandle, DroppingItDoesNotCancel) {
   EXPECT_EQ(s.tasks().pending(), 1u);  // the recurring one, still on its grid
 }
 
+TEST(TaskHandle, SuspendedTasksDoNotPileUpUntilTheirOldDeadline) {
+  // A suspended task leaves its old place in the queue behind; those places must not keep
+  // their callables alive until the old deadline comes (here: never within the run).
+  TimeMachine tm;
+  Scheduler s(tm);
+  auto captured = std::make_shared<int>(0);
+  s.tasks().call_later(30min, [] {});  // earlier than all of them: they never surface
+  s.tasks().call_soon([&] {
+    for (int i = 0; i < 10'000; ++i) {
+      TaskHandle h = s.tasks().call_later(1h, [captured] {});
+      h.suspend();
+    }
+  });
+  s.run_for(1s);
+  EXPECT_EQ(s.tasks().pending(), 1u);
+  EXPECT_LT(captured.use_count(), 200);
+}
+
 TEST(TaskHandle, SuspendUnschedulesAndIsANoOpWhenNotScheduled) {
   TimeMachine tm;
   Scheduler s(tm);

@@ -343,7 +343,8 @@ class Scheduler final : private detail::loop_hooks,
     if (std::exception_ptr e = tasks_.run_due(t)) report_failure(e);
   }
 
-  std::optional<time_point> next_deadline() const {
+  // Not const: the task queue drops cancelled entries it finds at its front.
+  std::optional<time_point> next_deadline() {
     auto due = timers_.next_due();
     if (auto task_due = tasks_.next_due(); task_due && (!due || *task_due < *due)) due = task_due;
     return due;

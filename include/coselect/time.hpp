@@ -13,18 +13,22 @@ namespace coselect {
 namespace detail {
 
 // Suspends until the scheduler's clock (real or virtual) reaches a deadline.
+//
+// Kept small: it lives in the frame of every sleeping coroutine. The deadline (or the delay,
+// until the await begins) waits in the timer node itself, the flags sit in the node's padding,
+// and the firing loop is the one passed to `fire`.
 class sleep_awaiter {
  public:
   using time_point = Scheduler::time_point;
 
   // Either an absolute deadline, or a delay measured from when the await begins.
-  static sleep_awaiter until(time_point t) noexcept { return sleep_awaiter(t, {}, true); }
+  static sleep_awaiter until(time_point t) noexcept { return sleep_awaiter(t, true); }
   static sleep_awaiter after(std::chrono::nanoseconds d) noexcept {
-    return sleep_awaiter({}, d, false);
+    return sleep_awaiter(time_point(std::chrono::duration_cast<time_point::duration>(d)), false);
   }
 
   sleep_awaiter(sleep_awaiter&& other) noexcept
-      : deadline_(other.deadline_), delay_(other.delay_), absolute_(other.absolute_), node_() {}
+      : sleep_awaiter(other.node_.due, other.node_.absolute) {}
   sleep_awaiter& operator=(const sleep_awaiter&) = delete;
   ~sleep_awaiter() {
     cancel_.disarm();
@@ -40,16 +44,17 @@ class sleep_awaiter {
     const std::stop_token* token = stop_token_of(h);
     cancel_point::check(token, kCanceled);
     node_.handle = h;
-    node_.due = absolute_ ? deadline_ : saturating_add<Scheduler::clock>(scheduler_->now(), delay_);
-    node_.fire = [](timer_node& t, loop_hooks&) noexcept {
-      auto& n = static_cast<sleeper&>(t);
-      scheduler_access::make_ready(*n.owner, n.handle);
+    if (!node_.absolute) {
+      node_.due = saturating_add<Scheduler::clock>(scheduler_->now(), node_.due.time_since_epoch());
+      node_.absolute = true;
+    }
+    node_.fire = [](timer_node& t, loop_hooks& loop) noexcept {
+      loop.make_ready(static_cast<sleeper&>(t).handle);
     };
-    node_.owner = scheduler_;
     scheduler_access::add_timer(*scheduler_, node_);
     cancel_.arm(token, scheduler_access::hooks(*scheduler_), &on_cancel, this);
   }
-  void await_resume() { cancel_.end(canceled_, kCanceled); }
+  void await_resume() { cancel_.end(node_.canceled, kCanceled); }
 
  private:
   static constexpr const char* kCanceled = "coselect::sleep_for()/sleep_until() canceled";
@@ -58,25 +63,24 @@ class sleep_awaiter {
     auto& a = *static_cast<sleep_awaiter*>(self);
     if (!a.node_.armed()) return;  // the deadline passed first
     scheduler_access::remove_timer(*a.scheduler_, a.node_);
-    a.canceled_ = true;
+    a.node_.canceled = true;
     scheduler_access::make_ready(*a.scheduler_, a.node_.handle);
   }
 
   struct sleeper : timer_node {
+    bool absolute = false;  // `due` holds the deadline (else the delay, before the await)
+    bool canceled = false;
     std::coroutine_handle<> handle{};
-    Scheduler* owner = nullptr;
   };
 
-  sleep_awaiter(time_point t, std::chrono::nanoseconds d, bool absolute) noexcept
-      : deadline_(t), delay_(d), absolute_(absolute) {}
+  sleep_awaiter(time_point due, bool absolute) noexcept {
+    node_.due = due;
+    node_.absolute = absolute;
+  }
 
-  time_point deadline_;
-  std::chrono::nanoseconds delay_;
-  bool absolute_;
   Scheduler* scheduler_ = nullptr;
   sleeper node_;
   cancel_point cancel_;
-  bool canceled_ = false;
 };
 
 // Goes to the back of the ready queue: everything ready now, and the loop's fd and timer

@@ -21,14 +21,13 @@ class cancel_request;
 // One deadline in a loop's timer heap. `fire` runs on the loop thread when the deadline passes
 // (or virtual time reaches it); the node has already been removed from the heap by then.
 struct timer_node {
-  static constexpr std::size_t not_in_heap = static_cast<std::size_t>(-1);
+  static constexpr std::uint32_t not_in_heap = static_cast<std::uint32_t>(-1);
 
   std::chrono::steady_clock::time_point due{};
-  std::uint64_t sequence = 0;  // install order: equal deadlines fire first-in, first-out
-  std::size_t heap_index = not_in_heap;
   void (*fire)(timer_node&, loop_hooks&) noexcept = nullptr;
+  std::uint32_t slot = not_in_heap;  // the heap's handle on this node while armed
 
-  bool armed() const noexcept { return heap_index != not_in_heap; }
+  bool armed() const noexcept { return slot != not_in_heap; }
 };
 
 // How a coroutine's wait ended.
