@@ -49,6 +49,7 @@
 #include <coselect.hpp>
 #include "support/fixtures.hpp"
 #include "support/sanitizers.hpp"
+#include "support/sync.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -590,7 +591,7 @@ Task<int> count_foreign_currents(Scheduler* self, int rounds) {
 
 TEST(SchedulerCurrent, EachThreadSeesItsOwnScheduler) {
   constexpr int kThreads = 4;
-  std::barrier start(kThreads + 1);
+  coselect_test::barrier start(kThreads + 1);
   std::vector<int> wrong(kThreads, -1);
   std::vector<Scheduler*> after(kThreads, nullptr);
   std::vector<std::thread> threads;

@@ -13,6 +13,7 @@
 
 #if !defined(_WIN32)
 #include <fcntl.h>
+#include <sys/ioctl.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -44,6 +45,11 @@ struct channel_ends {
 inline channel_ends make_channel() {
 #if defined(_WIN32)
   const auto ends = coselect::detail::make_pipe_or_throw("socket pair");
+  // A small, fixed send buffer, closer to a pipe's capacity: tests that fill the channel stay
+  // fast. (A small receive buffer would be worse: below the loopback MSS, window updates stall.)
+  const int size = 16 * 1024;
+  ::setsockopt(ends.write_end, SOL_SOCKET, SO_SNDBUF, reinterpret_cast<const char*>(&size),
+               sizeof size);
   return {ends.read_end, ends.write_end};
 #else
   int fds[2];
@@ -77,6 +83,17 @@ inline void close_handle(native_handle h) {
   ::closesocket(h);
 #else
   ::close(h);
+#endif
+}
+
+// Bytes waiting to be read from h (FIONREAD), or -1.
+inline long bytes_pending(native_handle h) {
+#if defined(_WIN32)
+  u_long n = 0;
+  return ::ioctlsocket(h, FIONREAD, &n) == 0 ? static_cast<long>(n) : -1;
+#else
+  int n = -1;
+  return ::ioctl(h, FIONREAD, &n) == 0 ? n : -1;
 #endif
 }
 
