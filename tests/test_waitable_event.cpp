@@ -26,6 +26,15 @@
 // Timing assertions are one-sided and generous: a timed wait never returns before its timeout,
 // and returns within a wide margin after it.
 
+#if defined(_WIN32)
+#include <gtest/gtest.h>
+
+TEST(WaitableEventOnWindows, PosixOnly) {
+  GTEST_SKIP()
+      << "POSIX signals (pthread_kill, sigaction), rlimit, /proc/self/fd, mmap guard pages and the "
+         "pipe's fcntl flags: POSIX only (Windows event cases are in test_windows.cpp)";
+}
+#else
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -1682,3 +1691,5 @@ TEST(WaitableEventStress, ManyConcurrentSettersKeepTheStateConsistent) {
 // =================================================================================================
 
 }  // namespace
+
+#endif  // !defined(_WIN32)
