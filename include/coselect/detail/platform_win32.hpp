@@ -33,6 +33,7 @@
 #include <cstring>
 #include <limits>
 #include <optional>
+#include <string>
 #include <system_error>
 #include <vector>
 
@@ -63,9 +64,12 @@ inline const std::error_category& errno_category() noexcept {
   throw std::system_error(error, errno_category(), what);
 }
 
-// Winsock failures carry their WSA error number in the system category.
+// Winsock failures carry their WSA error number in the system category, and in the message
+// (not every libstdc++ can describe Win32 error numbers).
 [[noreturn]] inline void throw_wsa(const char* what) {
-  throw std::system_error(::WSAGetLastError(), std::system_category(), what);
+  const int error = ::WSAGetLastError();
+  throw std::system_error(error, std::system_category(),
+                          std::string(what) + " (WSA error " + std::to_string(error) + ")");
 }
 
 // WSAStartup, once per process (thread-safe static initialisation); never undone, since
@@ -253,8 +257,14 @@ inline int poll_for(pollfd* fds, std::size_t count,
 inline bool poll_round(std::vector<pollfd>& fds, std::optional<std::chrono::nanoseconds> timeout) {
   const int n = poll_for(fds.data(), fds.size(), timeout);
   if (n == SOCKET_ERROR) {
-    if (::WSAGetLastError() == WSAEINTR) return false;
-    throw_wsa("coselect: WSAPoll");
+    const int error = ::WSAGetLastError();
+    if (error == WSAEINTR) return false;
+    if (error != WSAENOTSOCK) throw_wsa("coselect: WSAPoll");
+    // Windows reports a closed socket as POLLNVAL, wine fails the call: find the culprits.
+    for (pollfd& p : fds) {
+      if (p.fd != INVALID_SOCKET && !fd_is_open(p.fd)) p.revents = POLLNVAL;
+    }
+    return true;
   }
   return n > 0;
 }
