@@ -9,7 +9,9 @@
 //   /tmp/wake [round_trips]        WINEDEBUG=-all wine64 /tmp/wake.exe [round_trips]
 //
 // Prints one line per game: the median over 5 runs of the time per round trip (each round trip
-// wakes a sleeping thread twice).
+// wakes a sleeping thread twice). The floor is the same game on the platform's own parts: two
+// threads, each blocked in select() on its end of a channel (the library's pipe, or its socket
+// pair on Windows), answering with one byte.
 #include <coselect.hpp>
 
 #include <algorithm>
@@ -82,6 +84,42 @@ double threads_ns(long rounds) {
          static_cast<double>(rounds);
 }
 
+// Blocks in select() until h is readable (one handle, no timeout).
+void select_readable(coselect::native_handle h) {
+  fd_set set;
+  FD_ZERO(&set);
+  FD_SET(h, &set);
+#if defined(_WIN32)
+  ::select(0, &set, nullptr, nullptr, nullptr);
+#else
+  ::select(h + 1, &set, nullptr, nullptr, nullptr);
+#endif
+}
+
+double floor_ns(long rounds) {
+  const auto ping = coselect::detail::make_pipe_or_throw("ping");
+  const auto pong = coselect::detail::make_pipe_or_throw("pong");
+  const auto start = Clock::now();
+  std::thread other([&] {
+    for (long i = 0; i < rounds; ++i) {
+      select_readable(ping.read_end);
+      coselect::detail::drain(ping.read_end);
+      coselect::detail::write_byte(pong.write_end);
+    }
+  });
+  for (long i = 0; i < rounds; ++i) {
+    coselect::detail::write_byte(ping.write_end);
+    select_readable(pong.read_end);
+    coselect::detail::drain(pong.read_end);
+  }
+  other.join();
+  const double ns = std::chrono::duration<double, std::nano>(Clock::now() - start).count() /
+                    static_cast<double>(rounds);
+  for (auto h : {ping.read_end, ping.write_end, pong.read_end, pong.write_end})
+    coselect::detail::close_fd(h);
+  return ns;
+}
+
 template <class F>
 double median_of_5(F f, long rounds) {
   std::vector<double> runs;
@@ -100,4 +138,6 @@ int main(int argc, char** argv) {
               median_of_5(loops_ns, rounds));
   std::printf("  two plain threads (ev.wait_blocking()):          %9.0f ns\n",
               median_of_5(threads_ns, rounds));
+  std::printf("  floor: two threads, select() on a pipe/socket:   %9.0f ns\n",
+              median_of_5(floor_ns, rounds));
 }
