@@ -7,19 +7,27 @@
 //
 // One loop per core, sharing nothing: each loop has its own listening socket on the same port
 // (SO_REUSEPORT) and the kernel spreads new connections over them, so no loop hands sockets to
-// another and nothing is locked per connection. State that must be shared has one owner loop;
-// a coroutine that needs it moves there with `co_await resume_on(owner)`. Here loop 0 owns the
-// statistics, and every connection goes there to report when it ends.
+// another and nothing is locked per connection (Windows cannot share a port: there loop 0
+// listens alone). State that must be shared has one owner loop; a coroutine that needs it moves
+// there with `co_await resume_on(owner)`. Here loop 0 owns the statistics, and every connection
+// goes there to report when it ends.
 //
 // Sockets are non-blocking; a coroutine that would block awaits readable(fd) / writable(fd).
 // Under epoll nobody may wait on an fd when it is closed (Scheduler::cancel_io(fd) first): here
 // each connection closes its own socket after its last await on it.
 
+#include <coselect.hpp>  // first: on Windows it brings <winsock2.h> before anything else
+
+#if defined(_WIN32)
+#include <winsock2.h>
+#include <ws2tcpip.h>
+#else
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -39,37 +47,90 @@
 #include <utility>
 #include <vector>
 
-#include <coselect.hpp>
-
 using namespace std::chrono_literals;
 using coselect::Task;
+using socket_t = coselect::native_handle;
 
 namespace {
 
+// ---- the few socket calls that differ between POSIX and Winsock ------------------------------
+
+#if defined(_WIN32)
+constexpr socket_t kNoSocket = INVALID_SOCKET;
+constexpr int kWouldBlock = WSAEWOULDBLOCK, kInterrupted = WSAEINTR;
+constexpr int kSendFlags = 0;
+constexpr bool kSharedPorts = false;  // no SO_REUSEPORT: one listening loop
+int last_error() {
+  return ::WSAGetLastError();
+}
+void close_socket(socket_t s) {
+  ::closesocket(s);
+}
+socket_t tcp_socket_fd() {
+  const socket_t s = ::socket(AF_INET, SOCK_STREAM, 0);
+  u_long on = 1;
+  if (s != INVALID_SOCKET) ::ioctlsocket(s, FIONBIO, &on);
+  return s;
+}
+// Accepted sockets inherit non-blocking mode from the listener.
+socket_t accept_fd(socket_t listener) {
+  return ::accept(listener, nullptr, nullptr);
+}
+bool out_of_sockets(int error) {
+  return error == WSAEMFILE || error == WSAENOBUFS;
+}
+bool connection_gone(int error) {
+  return error == WSAECONNRESET || error == WSAECONNABORTED;
+}
+#else
+constexpr socket_t kNoSocket = -1;
+constexpr int kWouldBlock = EAGAIN, kInterrupted = EINTR;
+constexpr int kSendFlags = MSG_NOSIGNAL;
+constexpr bool kSharedPorts = true;
+int last_error() {
+  return errno;
+}
+void close_socket(socket_t s) {
+  ::close(s);
+}
+socket_t tcp_socket_fd() {
+  return ::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+}
+socket_t accept_fd(socket_t listener) {
+  return ::accept4(listener, nullptr, nullptr, SOCK_NONBLOCK);
+}
+bool out_of_sockets(int error) {
+  return error == EMFILE || error == ENFILE;
+}
+bool connection_gone(int error) {
+  return error == ECONNABORTED;
+}
+#endif
+
 [[noreturn]] void fail(const char* what) {
-  throw std::system_error(errno, std::system_category(), what);
+  throw std::system_error(last_error(), std::system_category(), what);
 }
 
 // Owns a socket; closes it on close() or when the coroutine frame holding it goes away.
 class Socket {
  public:
-  explicit Socket(int fd) : fd_(fd) {
-    if (fd_ < 0) fail("socket");
+  explicit Socket(socket_t fd) : fd_(fd) {
+    if (fd_ == kNoSocket) fail("socket");
   }
-  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
+  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, kNoSocket)) {}
   Socket& operator=(Socket&&) = delete;
   ~Socket() { close(); }
-  int fd() const { return fd_; }
+  socket_t fd() const { return fd_; }
   void close() {
-    if (fd_ >= 0) ::close(std::exchange(fd_, -1));
+    if (fd_ != kNoSocket) close_socket(std::exchange(fd_, kNoSocket));
   }
 
  private:
-  int fd_;
+  socket_t fd_;
 };
 
 Socket tcp_socket() {
-  return Socket(::socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0));
+  return Socket(tcp_socket_fd());
 }
 
 sockaddr_in loopback(std::uint16_t port) {
@@ -83,8 +144,10 @@ sockaddr_in loopback(std::uint16_t port) {
 // A listener on 127.0.0.1:port (0: any free port, then written back) that shares the port.
 Socket shared_listener(std::uint16_t& port) {
   Socket s = tcp_socket();
+#if !defined(_WIN32)
   const int on = 1;
   if (::setsockopt(s.fd(), SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) != 0) fail("SO_REUSEPORT");
+#endif
   sockaddr_in addr = loopback(port);
   socklen_t size = sizeof addr;
   if (::bind(s.fd(), reinterpret_cast<sockaddr*>(&addr), size) != 0) fail("bind");
@@ -94,14 +157,16 @@ Socket shared_listener(std::uint16_t& port) {
   return s;
 }
 
-Task<void> send_all(int fd, std::string_view data) {
+Task<void> send_all(socket_t fd, std::string_view data) {
   while (!data.empty()) {
-    const ssize_t n = ::send(fd, data.data(), data.size(), MSG_NOSIGNAL);
+    // At most 1 MiB per call: Winsock counts in int.
+    const auto size = static_cast<int>(std::min<std::size_t>(data.size(), 1 << 20));
+    const auto n = ::send(fd, data.data(), size, kSendFlags);
     if (n >= 0) {
       data.remove_prefix(static_cast<std::size_t>(n));
-    } else if (errno == EAGAIN) {
+    } else if (last_error() == kWouldBlock) {
       co_await coselect::writable(fd);  // the socket's buffer is full
-    } else if (errno != EINTR) {
+    } else if (last_error() != kInterrupted) {
       fail("send");
     }
   }
@@ -122,14 +187,14 @@ Task<void> serve(Socket conn, std::size_t loop, Stats& stats) {
   std::array<char, 4096> buffer;
   try {
     for (;;) {
-      const ssize_t n = ::recv(conn.fd(), buffer.data(), buffer.size(), 0);
+      const auto n = ::recv(conn.fd(), buffer.data(), static_cast<int>(buffer.size()), 0);
       if (n == 0) break;  // the peer closed
       if (n > 0) {
         co_await send_all(conn.fd(), {buffer.data(), static_cast<std::size_t>(n)});
         bytes += static_cast<std::uint64_t>(n);
-      } else if (errno == EAGAIN) {
+      } else if (last_error() == kWouldBlock) {
         co_await coselect::readable(conn.fd());
-      } else if (errno != EINTR) {
+      } else if (last_error() != kInterrupted) {
         fail("recv");
       }
     }
@@ -149,16 +214,17 @@ Task<void> accept_loop(coselect::Scheduler& loop, std::size_t index, Socket list
     co_await coselect::readable(listener.fd());
     // Take every pending connection before waiting again: a burst can be thousands long.
     for (;;) {
-      const int fd = ::accept4(listener.fd(), nullptr, nullptr, SOCK_NONBLOCK);
-      if (fd >= 0) {
+      const socket_t fd = accept_fd(listener.fd());
+      const int error = fd == kNoSocket ? last_error() : 0;
+      if (fd != kNoSocket) {
         loop.spawn(serve(Socket(fd), index, stats));
-      } else if (errno == EAGAIN) {
+      } else if (error == kWouldBlock) {
         break;
-      } else if (errno == EMFILE || errno == ENFILE) {  // out of fds: let connections end
-        std::perror("accept");
+      } else if (out_of_sockets(error)) {  // out of fds: let connections end
+        std::fprintf(stderr, "accept: out of sockets\n");
         co_await coselect::sleep_for(100ms);
         break;
-      } else if (errno != ECONNABORTED && errno != EINTR) {
+      } else if (!connection_gone(error) && error != kInterrupted) {
         fail("accept");
       }
     }
@@ -170,28 +236,36 @@ Task<void> accept_loop(coselect::Scheduler& loop, std::size_t index, Socket list
 Task<Socket> connect_to(std::uint16_t port) {
   Socket sock = tcp_socket();
   const sockaddr_in addr = loopback(port);
+#if defined(_WIN32)
+  constexpr int in_progress = WSAEWOULDBLOCK;
+#else
+  constexpr int in_progress = EINPROGRESS;
+#endif
   if (::connect(sock.fd(), reinterpret_cast<const sockaddr*>(&addr), sizeof addr) != 0 &&
-      errno != EINPROGRESS) {
+      last_error() != in_progress) {
     fail("connect");
   }
   const bool connected = co_await coselect::writable(sock.fd(), 10s);
-  int error = connected ? 0 : ETIMEDOUT;
+  int error = connected ? 0 : static_cast<int>(std::errc::timed_out);
   socklen_t size = sizeof error;
-  if (connected) ::getsockopt(sock.fd(), SOL_SOCKET, SO_ERROR, &error, &size);
+  if (connected) {
+    ::getsockopt(sock.fd(), SOL_SOCKET, SO_ERROR, reinterpret_cast<char*>(&error), &size);
+  }
   if (error != 0) throw std::system_error(error, std::system_category(), "connect");
   co_return sock;
 }
 
-Task<void> recv_exactly(int fd, std::string& out) {
+Task<void> recv_exactly(socket_t fd, std::string& out) {
   for (std::size_t got = 0; got < out.size();) {
-    const ssize_t n = ::recv(fd, out.data() + got, out.size() - got, 0);
+    const auto size = static_cast<int>(std::min<std::size_t>(out.size() - got, 1 << 20));
+    const auto n = ::recv(fd, out.data() + got, size, 0);
     if (n == 0) throw std::runtime_error("the server closed a connection");
     if (n > 0) {
       got += static_cast<std::size_t>(n);
-    } else if (errno == EAGAIN) {
+    } else if (last_error() == kWouldBlock) {
       const bool ready = co_await coselect::readable(fd, 10s);
       if (!ready) throw std::runtime_error("no echo for 10 s");
-    } else if (errno != EINTR) {
+    } else if (last_error() != kInterrupted) {
       fail("recv");
     }
   }
@@ -199,7 +273,7 @@ Task<void> recv_exactly(int fd, std::string& out) {
 
 // Round trips, each with its own size and bytes. The first message of client 0 is bigger than
 // socket buffers usually are, so both ends also await writable().
-Task<void> converse(int fd, std::size_t id) {
+Task<void> converse(socket_t fd, std::size_t id) {
   for (std::size_t round = 0; round < 5; ++round) {
     std::string message(id + round == 0 ? 1 << 20 : 1 + (id * 131 + round * 977) % 1500, 0);
     for (std::size_t k = 0; k < message.size(); ++k)
@@ -304,6 +378,18 @@ int main(int argc, char** argv) {
                  argv[0]);
     return 2;
   }
+#if defined(_WIN32)
+  WSADATA wsa;  // our own sockets may come before coselect's first
+  if (::WSAStartup(MAKEWORD(2, 2), &wsa) != 0) return 1;
+  if (options->self_test) {  // a time guard, whatever may hang
+    std::thread([] {
+      std::this_thread::sleep_for(50s);
+      std::fputs("echo_server: the self-test took more than 50 s\n", stderr);
+      std::_Exit(1);
+    }).detach();
+  }
+  const std::initializer_list<int> stop_signals{SIGINT, SIGBREAK};
+#else
   // Thousands of connections need thousands of fds: take all the kernel allows (best effort).
   rlimit limit{};
   ::getrlimit(RLIMIT_NOFILE, &limit);
@@ -317,11 +403,13 @@ int main(int argc, char** argv) {
     });
     ::alarm(50);
   }
+  const std::initializer_list<int> stop_signals{SIGINT, SIGTERM};
+#endif
 
   Stats stats;
   stats.expected = options->self_test ? options->clients : 0;
   std::optional<coselect::SignalSet> signals;  // outlives the loops, which may wait on it
-  if (!options->self_test) signals.emplace({SIGINT, SIGTERM});
+  if (!options->self_test) signals.emplace(stop_signals);
   std::vector<std::unique_ptr<coselect::Scheduler>> loops;
   std::vector<std::thread> threads;
   int status = 0;
@@ -329,7 +417,7 @@ int main(int argc, char** argv) {
     auto port = static_cast<std::uint16_t>(options->port);
     for (std::size_t i = 0; i < options->threads; ++i) {
       auto& loop = *loops.emplace_back(std::make_unique<coselect::Scheduler>(options->backend));
-      loop.spawn(accept_loop(loop, i, shared_listener(port), stats));
+      if (i == 0 || kSharedPorts) loop.spawn(accept_loop(loop, i, shared_listener(port), stats));
     }
     stats.home = loops[0].get();
     stats.served.assign(loops.size(), 0);

@@ -14,6 +14,14 @@
 // Coroutines only record what they see; assertions run after the loop has returned. Real-time
 // bounds are one-sided and generous.
 
+#if defined(_WIN32)
+#include <gtest/gtest.h>
+
+TEST(BackendOnWindows, PosixOnly) {
+  GTEST_SKIP() << "fork, pipes, rlimit, /proc and epoll: POSIX only (select and WSAPoll on Windows "
+                  "are covered by test_windows.cpp)";
+}
+#else
 #include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
@@ -599,3 +607,5 @@ TEST(BackendEpoll, ForkedChildMakesItsOwnSchedulerAndTheParentCarriesOn) {
 }
 
 }  // namespace
+
+#endif  // !defined(_WIN32)

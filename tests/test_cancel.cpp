@@ -14,10 +14,6 @@
 //
 // Coroutines only record; assertions follow run().
 
-#include <fcntl.h>
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <optional>
@@ -32,8 +28,10 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "support/fd_probe.hpp"
 #include "support/fixtures.hpp"
 #include "support/sanitizers.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -49,7 +47,7 @@ using coselect::WaitableEvent;
 using coselect_test::Pipe;
 
 long thread_id() {
-  return ::syscall(SYS_gettid);
+  return static_cast<long>(coselect_test::current_tid());
 }
 
 bool is_canceled(const std::system_error& e) {
@@ -60,13 +58,17 @@ bool is_canceled(const std::system_error& e) {
 struct FullPipe : Pipe {
   FullPipe() {
     const std::string chunk(4096, 'x');
-    while (::write(write_end, chunk.data(), chunk.size()) > 0) {
+    while (coselect_test::write_some(write_end, chunk.data(), chunk.size()) > 0) {
     }
   }
+  // A pipe has room once its reader took everything; a socket pair (Windows) may still hold
+  // bytes in flight from the writer's buffer, so read until the writer has room.
   void drain() const {
     char buffer[4096];
-    while (::read(read_end, buffer, sizeof buffer) > 0) {
-    }
+    do {
+      while (coselect_test::read_some(read_end, buffer, sizeof buffer) > 0) {
+      }
+    } while (!coselect_test::writable_now(write_end));
   }
 };
 

@@ -13,6 +13,14 @@
 // select() before the signal arrives, it observes that through /proc/self/task/<tid>/syscall
 // rather than sleeping.
 
+#if defined(_WIN32)
+#include <gtest/gtest.h>
+
+TEST(SignalOnWindows, PosixOnly) {
+  GTEST_SKIP() << "POSIX signals (raise, kill, pthread_kill, sigaction): Windows has only console "
+                  "SIGINT/SIGBREAK, covered by test_windows.cpp";
+}
+#else
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -422,3 +430,5 @@ TEST(SignalSetLifetime, PthreadKillToAThirdThreadWakesTheBlockedLoop) {
 }
 
 }  // namespace
+
+#endif  // !defined(_WIN32)

@@ -25,6 +25,13 @@
 // threads meet through semaphores, counters and events, and every wait has a generous deadline
 // so that a lost wake-up fails the test instead of hanging it.
 
+#if defined(_WIN32)
+#include <gtest/gtest.h>
+
+TEST(SoakOnWindows, PosixOnly) {
+  GTEST_SKIP() << "observes blocked threads and fds through poll(), ioctl and /proc: POSIX only";
+}
+#else
 #include <poll.h>
 #include <sys/ioctl.h>
 #include <sys/resource.h>
@@ -772,3 +779,5 @@ TEST(Soak, EventsTasksAndCoroutinesUnderLoad) {
 }
 
 }  // namespace
+
+#endif  // !defined(_WIN32)

@@ -16,9 +16,6 @@
 // anything; where a test needs the loop to be asleep in select() it observes that through
 // /proc/self/task/<tid>/syscall.
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -38,6 +35,7 @@
 
 #include <coselect.hpp>
 #include "support/sanitizers.hpp"
+#include "support/sync.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -696,7 +694,7 @@ TEST(CrossThread, ManyThreadsCallSoonEachRunsExactlyOnceOnTheLoop) {
   bool timed_out = false;
   backstop(s, timed_out, kSanitized ? 60s : 20s);
 
-  std::latch go(kThreads + 1);
+  coselect_test::latch go(kThreads + 1);
   std::vector<std::thread> posters;
   for (int t = 0; t < kThreads; ++t) {
     posters.emplace_back([&, t] {
@@ -733,7 +731,7 @@ TEST(CrossThread, CallSoonWakesALoopIdlingOnAFarTimer) {
   s.tasks().call_later(1h, [] {});  // the loop sleeps towards this
   std::atomic<pid_t> loop_tid{0};
   std::thread loop([&] {
-    loop_tid = static_cast<pid_t>(::gettid());
+    loop_tid = coselect_test::current_tid();
     s.run();
   });
   while (loop_tid.load() == 0)
@@ -807,7 +805,7 @@ TEST(CrossThread, TaskManagerResumeFromAnotherThreadResumesOnTheLoop) {
   Scheduler* current_after = nullptr;
   std::thread::id helper_id;
   std::thread helper([&] {
-    slot.wait(nullptr, std::memory_order_acquire);
+    coselect_test::wait_while_equal<void*>(slot, nullptr, std::memory_order_acquire);
     s.tasks().resume(std::coroutine_handle<>::from_address(slot.load()));
   });
   helper_id = helper.get_id();

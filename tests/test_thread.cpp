@@ -14,9 +14,6 @@
 // instead of hanging it); where it needs the loop asleep in select() it observes that through
 // /proc/self/task/<tid>/syscall.
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -33,6 +30,7 @@
 #include <gtest/gtest.h>
 
 #include <coselect.hpp>
+#include "support/sync.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -288,7 +286,7 @@ TEST(RunInThread, VirtualTimeDoesNotJumpWhileAJobIsInFlight) {
   if (!proc_syscall_readable()) GTEST_SKIP() << "/proc/self/task/<tid>/syscall is not readable";
   TimeMachine tm;
   Scheduler s(tm);
-  const pid_t loop_tid = static_cast<pid_t>(::gettid());
+  const pid_t loop_tid = coselect_test::current_tid();
   std::atomic<bool> job_done{false};
   bool sleeper_woke = false;
   bool job_done_when_sleeper_woke = false;
@@ -338,7 +336,7 @@ TEST(RunInThread, DestroyingTheSchedulerWaitsForAJobStillRunning) {
   coselect::WaitableEvent started, release;
   std::atomic<bool> job_done{false};
   bool resumed = false;
-  const pid_t main_tid = static_cast<pid_t>(::gettid());
+  const pid_t main_tid = coselect_test::current_tid();
   std::atomic<bool> saw_destructor_wait{false};
   std::thread releaser;
   auto s = std::make_unique<Scheduler>();
@@ -393,7 +391,7 @@ TEST(ThreadPool, SizesAndLazyThreads) {
 
 TEST(ThreadPool, OneThreadRunsJobsInSubmitOrderAndTheDestructorFinishesThem) {
   std::vector<int> order;  // only the pool's single thread writes it; joined before reading
-  std::latch release(1);
+  coselect_test::latch release(1);
   {
     ThreadPool pool(1);
     pool.submit([&] {
@@ -412,7 +410,7 @@ TEST(ThreadPool, OneThreadRunsJobsInSubmitOrderAndTheDestructorFinishesThem) {
 }
 
 TEST(ThreadPool, StartsOneThreadPerJobThatFindsNoIdleWorkerUpToItsBound) {
-  std::latch release(1);
+  coselect_test::latch release(1);
   std::atomic<int> ran{0};
   {
     ThreadPool pool(4);

@@ -12,9 +12,6 @@
 // Rules followed here: coroutines only record what they see; assertions run after the loop has
 // returned. No sleep is used as synchronisation. Real-time bounds are one-sided and generous.
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <concepts>
@@ -365,9 +362,8 @@ TEST(YieldNow, ReadyCoroutinesTakeTurnsRoundRobin) {
 // while it spins, and it stops spinning once they have.
 TEST(YieldNow, SpinningCoroutineDoesNotStarveTimersOrIo) {
   Scheduler s;
-  int fds[2];
-  ASSERT_EQ(::pipe2(fds, O_NONBLOCK | O_CLOEXEC), 0);
-  ASSERT_EQ(::write(fds[1], "x", 1), 1);
+  const coselect_test::Pipe pipe;
+  pipe.put();
   bool timer_done = false;
   bool io_done = false;
   long spins = 0;
@@ -382,15 +378,13 @@ TEST(YieldNow, SpinningCoroutineDoesNotStarveTimersOrIo) {
     co_await sleep_for(5ms);
     done = true;
   };
-  auto reader = [](int fd, bool& done) -> Task<void> {
+  auto reader = [](coselect::native_handle fd, bool& done) -> Task<void> {
     co_await coselect::readable(fd);
     done = true;
   };
-  EXPECT_EQ(
-      run_all(s, spinner(timer_done, io_done, spins), sleeper(timer_done), reader(fds[0], io_done)),
-      0u);
-  ::close(fds[0]);
-  ::close(fds[1]);
+  EXPECT_EQ(run_all(s, spinner(timer_done, io_done, spins), sleeper(timer_done),
+                    reader(pipe.read_end, io_done)),
+            0u);
   EXPECT_TRUE(timer_done) << "a yield_now() loop starved the timers";
   EXPECT_TRUE(io_done) << "a yield_now() loop starved fd waiters";
   EXPECT_GT(spins, 0);

@@ -26,6 +26,15 @@
 // Timing assertions are one-sided and generous: a timed wait never returns before its timeout,
 // and returns within a wide margin after it.
 
+#if defined(_WIN32)
+#include <gtest/gtest.h>
+
+TEST(WaitableEventOnWindows, PosixOnly) {
+  GTEST_SKIP()
+      << "POSIX signals (pthread_kill, sigaction), rlimit, /proc/self/fd, mmap guard pages and the "
+         "pipe's fcntl flags: POSIX only (Windows event cases are in test_windows.cpp)";
+}
+#else
 #include <dirent.h>
 #include <fcntl.h>
 #include <poll.h>
@@ -66,6 +75,7 @@
 #include <coselect/waitable_event.hpp>
 #include "support/fd_probe.hpp"
 #include "support/sanitizers.hpp"
+#include "support/sync.hpp"
 #include "support/thread_probe.hpp"
 
 namespace {
@@ -541,7 +551,7 @@ TEST(WaitableEventWait, HugeTimeoutsDoNotOverflow) {
   std::array<pid_t, kWaiters> tids{};
   std::array<int, kWaiters> results{};  // 1 = true after set(), 0 = false, -1 = returned early
   std::atomic<int> returned{0};
-  std::latch started(kWaiters);
+  coselect_test::latch started(kWaiters);
 
   const auto waiter = [&](int i, auto timeout) {
     return std::jthread([&, i, timeout] {
@@ -578,7 +588,7 @@ TEST(WaitableEventWait, HugeTimeoutsDoNotOverflow) {
 TEST(WaitableEventWait, SetFromAnotherThreadReleasesTimedAndUntimedWaiters) {
   WaitableEvent ev;
   pid_t tids[2] = {};
-  std::latch started(2);
+  coselect_test::latch started(2);
   bool untimed = false;
   bool timed_result = false;
   Clock::time_point set_at{};
@@ -617,7 +627,7 @@ TEST(WaitableEventNotifyAll, OneSetReleasesEveryBlockedThread) {
   WaitableEvent ev;
   std::array<pid_t, kWaiters> tids{};
   std::array<bool, kWaiters> results{};
-  std::latch started(kWaiters);
+  coselect_test::latch started(kWaiters);
   {
     std::vector<std::jthread> threads;
     for (int i = 0; i < kWaiters; ++i) {
@@ -648,7 +658,7 @@ TEST(WaitableEventPulse, SinglePulseReleasesEveryBlockedThread) {
   WaitableEvent ev;
   std::array<pid_t, kWaiters> tids{};
   std::vector<std::array<int, kWaiters>> results(rounds);
-  std::barrier sync(kWaiters + 1);
+  coselect_test::barrier sync(kWaiters + 1);
   {
     std::vector<std::jthread> threads;
     for (int i = 0; i < kWaiters; ++i) {
@@ -690,7 +700,7 @@ TEST(WaitableEventPulse, RepeatedPulsesReleaseEveryWaiterStress) {
   WaitableEvent ev;
   std::atomic<int> returned{0};
   std::atomic<int> failures{0};
-  std::barrier sync(kWaiters + 1);
+  coselect_test::barrier sync(kWaiters + 1);
   long pulses = 0;
   {
     std::vector<std::jthread> threads;
@@ -777,7 +787,7 @@ TEST(WaitableEventVisibility, WritesBeforePulseAreVisibleToReleasedWaiters) {
     Payload payload;
     std::atomic<int> returned{0};
     std::array<int, kReaders> seen{};
-    std::latch started(kReaders + 1);
+    coselect_test::latch started(kReaders + 1);
     {
       std::vector<std::jthread> readers;
       for (int i = 0; i < kReaders; ++i) {
@@ -928,7 +938,7 @@ TEST(WaitableEventFd, BothPipeEndsAreNonBlockingAndCloseOnExec) {
 TEST(WaitableEventFd, PollOnFilenoWakesWhenSetFromAnotherThread) {
   WaitableEvent ev;
   const int fd = ev.fileno();
-  std::latch started(1);
+  coselect_test::latch started(1);
   int poll_rc = -1;
   short revents = 0;
   {
@@ -1072,7 +1082,7 @@ TEST(WaitableEventSignal, HandlerOnAnotherThreadReleasesBlockedWaiter) {
   ScopedSignalHandler handler(SIGUSR1, set_event_handler, SA_RESTART);
   ScopedSignalTarget target(&ev);
   pid_t waiter_tid = 0;
-  std::latch started(1);
+  coselect_test::latch started(1);
   bool result = false;
   {
     std::jthread waiter([&] {
@@ -1107,8 +1117,8 @@ void handler_on_blocked_thread(int flags) {
   ScopedSignalHandler handler(SIGUSR1, set_event_handler, flags);
   ScopedSignalTarget target(&ev);
   pid_t waiter_tid = 0;
-  std::latch started(1);
-  std::latch cleared(1);
+  coselect_test::latch started(1);
+  coselect_test::latch cleared(1);
   bool untimed = false;
   bool timed_result = false;
   {
@@ -1217,7 +1227,7 @@ TEST(WaitableEventSignal, EintrNeitherShortensNorRestartsTimedWait) {
   ScopedSignalHandler handler(SIGUSR1, count_only_handler, 0);
   g_signal_count.store(0);
   std::atomic<bool> done{false};
-  std::latch started(1);
+  coselect_test::latch started(1);
   bool result = true;
   Clock::duration elapsed{};
   {
@@ -1340,7 +1350,7 @@ void destroy_after_release(bool blocking_waiter, int rounds) {
     (void)ev->fileno();  // set() then also brings the pipe in line
     // A fresh worker thread per round, as in "run this job, set() when done, exit". The latch
     // lets the waiter be waiting (or polling) already when set() comes.
-    std::latch go(1);
+    coselect_test::latch go(1);
     std::jthread worker([ev, &go] {
       go.wait();
       ev->set();
@@ -1393,7 +1403,7 @@ TEST(WaitableEventLifetime, ReleasedWaiterMayDestroyEventWhileAnotherReleasedWai
     WaitableEvent* ev = guard.construct();
     std::array<pid_t, 2> tids{};
     std::atomic<int> returned{0};
-    std::latch started(2);
+    coselect_test::latch started(2);
     {
       std::jthread other([&] {
         tids[0] = current_tid();
@@ -1437,7 +1447,7 @@ TEST(WaitableEventStress, ConcurrentSetClearLeavesPipeConsistentAtRest) {
   for (bool export_first : {true, false}) {
     WaitableEvent ev;
     if (export_first) (void)ev.fileno();
-    std::barrier sync(kThreads + 1);
+    coselect_test::barrier sync(kThreads + 1);
     bool failed = false;  // report the first inconsistent round only
     {
       std::vector<std::jthread> threads;
@@ -1499,7 +1509,7 @@ TEST(WaitableEventStress, TimedWaitersRaceSetClearFromSeveralThreads) {
   std::atomic<int> waiters_done{0};
   std::atomic<int> too_late{0};
   std::atomic<long> released{0};
-  std::latch start(kWaiters + kTogglers + 1);
+  coselect_test::latch start(kWaiters + kTogglers + 1);
   const std::array<std::chrono::nanoseconds, 6> timeouts = {0ns, -1ns, 1us, 50us, 500us, 2ms};
   {
     std::vector<std::jthread> threads;
@@ -1608,7 +1618,7 @@ TEST(WaitableEventStress, ManyConcurrentSettersKeepTheStateConsistent) {
   (void)ev->fileno();
   std::atomic<bool> stop{false};
   std::atomic<int> done{0};
-  std::latch start(kThreads + 1);
+  coselect_test::latch start(kThreads + 1);
   std::vector<std::thread> threads;
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&] {
@@ -1681,3 +1691,5 @@ TEST(WaitableEventStress, ManyConcurrentSettersKeepTheStateConsistent) {
 // =================================================================================================
 
 }  // namespace
+
+#endif  // !defined(_WIN32)

@@ -12,9 +12,6 @@
 // Most tests run on virtual time (TimeMachine): children finish in a chosen order, exactly and
 // deterministically, without real waiting. Coroutines only record; assertions follow run().
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <chrono>
 #include <condition_variable>
@@ -34,6 +31,7 @@
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include "support/fixtures.hpp"
+#include "support/thread_probe.hpp"
 
 namespace {
 
@@ -68,7 +66,7 @@ class ParamProbe {
 // __attribute__((const)), and clang (seen with 14) then reuses one call's result across
 // suspension points, so a coroutine resumed on another thread still sees the old id.
 long thread_id() {
-  return ::syscall(SYS_gettid);
+  return static_cast<long>(coselect_test::current_tid());
 }
 
 using coselect_test::VirtualLoop;  // sleeps decide the order in which children finish

@@ -1,6 +1,8 @@
 // coselect::Dispatcher: the asyncore view of a file descriptor (BACpypes' file_dispatcher).
 #pragma once
 
+#include "detail/platform.hpp"
+
 namespace coselect {
 
 namespace detail {
@@ -12,12 +14,13 @@ class reactor;
 // Each loop iteration asks readable()/writable() to build its fd sets and calls handle_read()
 // / handle_write() when select() reports the fd ready; handle_close() when the fd turns out to
 // be closed (the dispatcher is then removed). All calls happen on the loop thread. An exception
-// from a handler follows the scheduler's failure policy. Any open fd will do (no fd cap).
+// from a handler follows the scheduler's failure policy. Any open fd will do (no fd cap; a socket
+// on Windows).
 class Dispatcher {
  public:
   virtual ~Dispatcher() = default;
 
-  virtual int fileno() const = 0;
+  virtual native_handle fileno() const = 0;
   virtual bool readable() { return true; }
   virtual bool writable() { return false; }
   virtual void handle_read() {}

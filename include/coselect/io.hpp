@@ -1,8 +1,6 @@
 // Awaitables for fd readiness: readable(fd), writable(fd), with and without timeout.
 #pragma once
 
-#include <poll.h>
-
 #include <chrono>
 #include <coroutine>
 #include <system_error>
@@ -17,13 +15,14 @@ namespace coselect {
 namespace detail {
 
 // Suspends until the loop's backend reports the fd ready (or the timeout passes). Any open fd
-// will do. Bad fds (negative: EINVAL; closed: EBADF, also closed while waiting, except under
-// epoll, where that is not allowed) throw std::system_error in the awaiting coroutine (a closed
-// one once the loop's backend has looked at it, a negative one at once), and
-// Scheduler::cancel_io(fd) makes it throw operation_canceled; the loop keeps running.
+// will do (on Windows: any open socket). Bad fds (negative: EINVAL; closed: EBADF, also closed
+// while waiting, except under epoll, where that is not allowed) throw std::system_error in the
+// awaiting coroutine (a closed one once the loop's backend has looked at it, a negative one at
+// once), and Scheduler::cancel_io(fd) makes it throw operation_canceled; the loop keeps running.
 class fd_awaiter {
  public:
-  fd_awaiter(int fd, bool for_write, std::optional<std::chrono::nanoseconds> timeout) noexcept
+  fd_awaiter(native_handle fd, bool for_write,
+             std::optional<std::chrono::nanoseconds> timeout) noexcept
       : timeout_(timeout) {
     node_.fd = fd;
     node_.for_write = for_write;
@@ -79,7 +78,7 @@ class fd_awaiter {
                               "coselect: Scheduler::cancel_io() on the awaited fd");
     }
     if (node_.outcome == wait_outcome::failed) {
-      throw std::system_error(node_.error, std::system_category(),
+      throw std::system_error(node_.error, errno_category(),
                               "coselect: fd closed while a coroutine waited on it");
     }
     return node_.outcome != wait_outcome::timed_out;
@@ -114,7 +113,7 @@ class fd_awaiter {
 
   // One poll() with a zero timeout on fd alone; errors read as "not ready" (a closed fd is
   // reported by the loop's own wait, or by poll_now).
-  static bool ready_now(int fd, bool for_write, short* revents = nullptr) noexcept {
+  static bool ready_now(native_handle fd, bool for_write, short* revents = nullptr) noexcept {
     pollfd p{fd, static_cast<short>(for_write ? POLLOUT : POLLIN), 0};
     const bool ready = poll_for(&p, 1, std::chrono::nanoseconds::zero()) > 0 &&
                        (p.revents & (for_write ? poll_writable : poll_readable)) != 0;
@@ -141,21 +140,21 @@ struct untimed_fd_awaiter : fd_awaiter {
 // reactor (and its timeout from the timers) and throws operation_canceled; the fd is untouched.
 
 // co_await readable(fd): resumes on this scheduler once fd is readable.
-inline detail::untimed_fd_awaiter readable(int fd) noexcept {
+inline detail::untimed_fd_awaiter readable(native_handle fd) noexcept {
   return {fd, false, std::nullopt};
 }
 // co_await writable(fd): resumes once fd is writable.
-inline detail::untimed_fd_awaiter writable(int fd) noexcept {
+inline detail::untimed_fd_awaiter writable(native_handle fd) noexcept {
   return {fd, true, std::nullopt};
 }
 
 // co_await readable(fd, timeout) -> bool: false if the timeout passed first (<= 0 polls).
 template <class Rep, class Period>
-detail::fd_awaiter readable(int fd, std::chrono::duration<Rep, Period> timeout) noexcept {
+detail::fd_awaiter readable(native_handle fd, std::chrono::duration<Rep, Period> timeout) noexcept {
   return {fd, false, detail::saturating_ns(timeout)};
 }
 template <class Rep, class Period>
-detail::fd_awaiter writable(int fd, std::chrono::duration<Rep, Period> timeout) noexcept {
+detail::fd_awaiter writable(native_handle fd, std::chrono::duration<Rep, Period> timeout) noexcept {
   return {fd, true, detail::saturating_ns(timeout)};
 }
 

@@ -195,7 +195,7 @@ class Scheduler final : private detail::loop_hooks,
   // with std::system_error(errc::operation_canceled), oldest first; an fd nobody waits on is
   // left alone. Under epoll, call it before closing an fd that coroutines still wait on. Loop
   // thread, or while nothing runs (else std::logic_error).
-  void cancel_io(int fd) {
+  void cancel_io(native_handle fd) {
     if (running_.load(std::memory_order_acquire) && !on_loop_thread()) {
       throw std::logic_error("coselect::Scheduler::cancel_io: call it on the loop thread");
     }
@@ -782,7 +782,7 @@ class Scheduler final : private detail::loop_hooks,
   detail::ready_queue ready_;
   detail::timer_heap timers_;
   std::unique_ptr<detail::reactor> reactor_;
-  std::vector<int> extra_fds_;
+  std::vector<native_handle> extra_fds_;
 
   detail::event_watch* watched_head_ = nullptr;
   // This loop's name in the events' claims; parked claims may keep it after the loop is gone.

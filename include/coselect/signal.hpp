@@ -1,4 +1,5 @@
-// SignalSet: await POSIX signals in a coroutine (the self-pipe trick, on a WaitableEvent).
+// SignalSet: await signals in a coroutine (the self-pipe trick, on a WaitableEvent). POSIX
+// signals on POSIX; on Windows, SIGINT and SIGBREAK (console Ctrl+C and Ctrl+Break).
 #pragma once
 
 #include <signal.h>
@@ -22,33 +23,29 @@ namespace coselect {
 //
 // Nothing happens behind the user's back: the constructor installs handlers for exactly the
 // signals named (throws std::invalid_argument for a signal another SignalSet holds, or one
-// outside 1..63 or uncatchable), and the destructor restores the dispositions it replaced.
-// The handler only records the signal and sets a WaitableEvent (async-signal-safe). wait()
-// is for coroutines on a Scheduler; poll() for anyone. Destroy it on the thread that made it
-// after its waiters are gone.
+// outside 1..63 or uncatchable; on Windows anything but SIGINT and SIGBREAK), and the destructor
+// restores the dispositions it replaced. The handler only records the signal and sets a
+// WaitableEvent (async-signal-safe). wait() is for coroutines on a Scheduler; poll() for anyone.
+// Destroy it on the thread that made it after its waiters are gone.
 class SignalSet {
  public:
   SignalSet(std::initializer_list<int> signals) {
     for (int sig : signals) {
-      if (sig <= 0 || sig >= 64 || sig == SIGKILL || sig == SIGSTOP) {
+      if (!detail::signal_catchable(sig)) {
         restore();
-        throw std::invalid_argument("coselect::SignalSet: signal cannot be caught");
+        throw std::invalid_argument(detail::kSignalNotCatchable);
       }
       SignalSet* expected = nullptr;
       if (!owners()[sig].compare_exchange_strong(expected, this)) {
         restore();
         throw std::invalid_argument("coselect::SignalSet: signal already held by another set");
       }
-      struct sigaction action {};
-      action.sa_handler = &SignalSet::on_signal;
-      action.sa_flags = SA_RESTART;
-      sigemptyset(&action.sa_mask);
-      struct sigaction previous {};
-      if (::sigaction(sig, &action, &previous) != 0) {
-        const int error = errno;
+      detail::signal_disposition previous{};
+      if (const int error = detail::install_signal_handler(sig, &SignalSet::on_signal, previous)) {
         owners()[sig].store(nullptr);
         restore();
-        detail::throw_errno(error, "coselect::SignalSet: sigaction");
+        throw std::system_error(error, std::system_category(),
+                                "coselect::SignalSet: installing a handler");
       }
       installed_.push_back({sig, previous});
     }
@@ -89,12 +86,12 @@ class SignalSet {
   }
 
   // Readable while a caught signal is pending: for fd-based loops.
-  int fileno() const noexcept { return arrived_.fileno(); }
+  native_handle fileno() const noexcept { return arrived_.fileno(); }
 
  private:
   struct installed {
     int signal;
-    struct sigaction previous;
+    detail::signal_disposition previous;
   };
 
   static std::array<std::atomic<SignalSet*>, 64>& owners() noexcept {
@@ -121,7 +118,7 @@ class SignalSet {
 
   void restore() noexcept {
     for (auto it = installed_.rbegin(); it != installed_.rend(); ++it) {
-      ::sigaction(it->signal, &it->previous, nullptr);
+      detail::restore_signal_handler(it->signal, it->previous);
       owners()[it->signal].store(nullptr, std::memory_order_seq_cst);
       // A handler on another thread may still be setting our event: wait until it is out.
       while (handlers_running()[it->signal].load(std::memory_order_seq_cst) != 0) {

@@ -166,7 +166,7 @@ class WaitableEvent {
 
   bool is_set() const noexcept { return (state_.load(std::memory_order_acquire) & kSet) != 0; }
 
-  int fileno() const noexcept {
+  native_handle fileno() const noexcept {
     if (!(state_.load(std::memory_order_relaxed) & kExported)) {
       const std::uint64_t n = state_.fetch_or(kExported, std::memory_order_acq_rel) | kExported;
       if (needs_pipe_io(n)) reconcile_pipe();
@@ -303,7 +303,7 @@ class WaitableEvent {
     do {
       if (s & kSet) return true;
       if (blocked(s) == blocked(kBlockedMask)) {
-        throw std::system_error(EAGAIN, std::system_category(),
+        throw std::system_error(EAGAIN, detail::errno_category(),
                                 "coselect::WaitableEvent: too many blocked threads");
       }
     } while (!state_.compare_exchange_weak(s, s + kBlockedOne, std::memory_order_acq_rel,
@@ -325,8 +325,8 @@ class WaitableEvent {
   // the owner bumps when it finishes and finds any.
   mutable std::atomic<std::uint32_t> sync_waiters_{0};
   mutable std::atomic<std::uint32_t> sync_sequence_{0};
-  int read_fd_ = -1;
-  int write_fd_ = -1;
+  native_handle read_fd_ = detail::invalid_handle;
+  native_handle write_fd_ = detail::invalid_handle;
   detail::event_watch primary_watch_;
 };
 
@@ -334,7 +334,7 @@ namespace detail {
 
 // The loop's side of the state machine (I5). Only the Scheduler uses this.
 struct event_access {
-  static int read_fd(const WaitableEvent& ev) noexcept { return ev.read_fd_; }
+  static native_handle read_fd(const WaitableEvent& ev) noexcept { return ev.read_fd_; }
   static event_watch& primary_watch(WaitableEvent& ev) noexcept { return ev.primary_watch_; }
 
   static std::uint64_t load(const WaitableEvent& ev) noexcept {

@@ -4,6 +4,7 @@
 #   ensure_deps pkg...     install those of these Debian packages that are missing
 #   build_jobs             number of parallel build jobs (all cores)
 #   default_test_backends  the I/O backends this platform has, for COSELECT_TEST_BACKEND
+#   wine_loader            the wine64 loader (wine64 on PATH, or Debian's /usr/lib/wine/wine64)
 #
 # Set COSELECT_SKIP_DEPS=1 to skip the package check (e.g. on a non-Debian system where the tools
 # are already installed by other means).
@@ -12,6 +13,11 @@
 # range-v3 (test-only).
 # shellcheck disable=SC2034 # used by the scripts that source this file
 COSELECT_BUILD_DEPS=(cmake g++ ninja-build libgtest-dev librange-v3-dev)
+# What the `windows` preset needs (scripts/test-windows): the mingw-w64 cross compiler (POSIX
+# threads flavour), wine64 to run the results, GoogleTest's sources to cross-build it, range-v3.
+# shellcheck disable=SC2034
+COSELECT_WINDOWS_DEPS=(cmake ninja-build g++-mingw-w64-x86-64-posix wine64 googletest
+  librange-v3-dev)
 
 ensure_deps() {
   local pkgs=("$@")
@@ -52,4 +58,9 @@ default_test_backends() {
   else
     echo "select poll"
   fi
+}
+
+wine_loader() {
+  command -v wine64 2>/dev/null || { [[ -x /usr/lib/wine/wine64 ]] && echo /usr/lib/wine/wine64; } ||
+    command -v wine
 }

@@ -3,9 +3,6 @@
 // coroutines on a scheduler to their end under a watchdog.
 #pragma once
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -19,6 +16,7 @@
 
 #include <gtest/gtest.h>
 #include <coselect.hpp>
+#include "portable.hpp"
 
 namespace coselect_test {
 
@@ -51,26 +49,23 @@ class Tracked {
 };
 
 // A non-blocking, close-on-exec pipe whose read end never becomes readable unless the test
-// writes to it (put()).
+// writes to it (put()). On Windows a loopback socket pair (portable.hpp: make_channel).
 struct Pipe {
-  int read_end = -1;
-  int write_end = -1;
+  coselect::native_handle read_end = coselect::detail::invalid_handle;
+  coselect::native_handle write_end = coselect::detail::invalid_handle;
   Pipe() {
-    int fds[2];
-    if (::pipe2(fds, O_CLOEXEC | O_NONBLOCK) != 0) {
-      throw std::system_error(errno, std::system_category(), "pipe2");
-    }
-    read_end = fds[0];
-    write_end = fds[1];
+    const channel_ends ends = make_channel();
+    read_end = ends.read_end;
+    write_end = ends.write_end;
   }
   Pipe(const Pipe&) = delete;
   Pipe& operator=(const Pipe&) = delete;
   ~Pipe() {
-    if (read_end >= 0) ::close(read_end);
-    if (write_end >= 0) ::close(write_end);
+    if (read_end != coselect::detail::invalid_handle) close_handle(read_end);
+    if (write_end != coselect::detail::invalid_handle) close_handle(write_end);
   }
   void put(const std::string& data = "x") const {
-    EXPECT_EQ(::write(write_end, data.data(), data.size()), static_cast<ssize_t>(data.size()));
+    EXPECT_EQ(write_some(write_end, data.data(), data.size()), static_cast<long>(data.size()));
   }
 };
 

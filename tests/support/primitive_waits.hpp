@@ -13,9 +13,6 @@
 // record; assertions follow run().
 #pragma once
 
-#include <sys/syscall.h>
-#include <unistd.h>
-
 #include <atomic>
 #include <functional>
 #include <memory>
@@ -29,6 +26,7 @@
 #include <gtest/gtest.h>
 #include <coselect.hpp>
 #include "sanitizers.hpp"
+#include "thread_probe.hpp"
 
 namespace coselect_test {
 
@@ -60,7 +58,7 @@ inline std::string blocked_case_name(const testing::TestParamInfo<BlockedCase>& 
 }
 
 inline long primitive_test_tid() {
-  return ::syscall(SYS_gettid);
+  return static_cast<long>(current_tid());
 }
 
 // How one wait ended.

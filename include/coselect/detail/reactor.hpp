@@ -7,8 +7,6 @@
 // a backend translates its own report into them.
 #pragma once
 
-#include <poll.h>
-
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -32,7 +30,7 @@ struct fd_waiter : timer_node {
   std::coroutine_handle<> handle{};
   fd_waiter* next = nullptr;
   fd_waiter* prev = nullptr;
-  int fd = -1;
+  native_handle fd = invalid_handle;
   int error = 0;  // errno when outcome == failed
   bool for_write = false;
   bool linked = false;
@@ -65,7 +63,7 @@ class reactor {
   virtual Backend backend() const noexcept = 0;
 
   // The loop's own wake-up fd: watched in every blocking round for the reactor's whole life.
-  virtual void pin(int fd) { (void)fd; }
+  virtual void pin(native_handle fd) { (void)fd; }
 
   // One round: waits up to `timeout` (nullopt: until something happens; zero: a poll) for the
   // fds that have waiters or dispatchers and for `extra_read_fds` (whose readiness the caller
@@ -74,7 +72,7 @@ class reactor {
   // without stopping the others. Returns whether any waiter or dispatcher was served. EINTR
   // counts as "nothing happened": the caller's deadlines are absolute. Other errors throw.
   virtual bool wait(std::optional<std::chrono::nanoseconds> timeout,
-                    std::span<const int> extra_read_fds, reactor_sink& sink) = 0;
+                    std::span<const native_handle> extra_read_fds, reactor_sink& sink) = 0;
 
   bool has_interest() const noexcept { return waiters_ != 0 || !dispatchers_.empty(); }
 
@@ -108,7 +106,7 @@ class reactor {
     --waiters_;
     const bool last_of_kind = --(w.for_write ? s.writers : s.readers) == 0;
     if (s.readers + s.writers == 0) {
-      const int moved = active_fds_.back();
+      const native_handle moved = active_fds_.back();
       slots_[static_cast<std::size_t>(moved)].active_index = s.active_index;
       active_fds_[s.active_index] = moved;
       active_fds_.pop_back();
@@ -118,8 +116,9 @@ class reactor {
   }
 
   // Every waiter on `fd` ends with `outcome` (and `error`) and goes to the sink, oldest first.
-  void finish_all(int fd, wait_outcome outcome, int error, reactor_sink& sink) noexcept {
-    if (fd < 0 || static_cast<std::size_t>(fd) >= slots_.size()) return;
+  void finish_all(native_handle fd, wait_outcome outcome, int error, reactor_sink& sink) noexcept {
+    // An invalid handle converts to a huge index: no slot.
+    if (static_cast<std::size_t>(fd) >= slots_.size()) return;
     while (fd_waiter* w = slots_[static_cast<std::size_t>(fd)].head) {
       finish(*w, outcome, error, sink);
     }
@@ -159,7 +158,7 @@ class reactor {
   // The dispatchers of the current round, as asked before the wait.
   struct watched {
     Dispatcher* dispatcher;  // null once removed during this round
-    int fd;
+    native_handle fd;
     bool read;
     bool write;
   };
@@ -179,18 +178,18 @@ class reactor {
   virtual void fd_table_grew(std::size_t count) { (void)count; }
 
   // The fd's waiters changed between "some readers" and "none", or "some writers" and "none".
-  virtual void interest_changed(int fd) noexcept { (void)fd; }
+  virtual void interest_changed(native_handle fd) noexcept { (void)fd; }
 
   // poll() events the waiters of `fd` want (0 if none).
-  short wanted_by_waiters(int fd) const noexcept {
+  short wanted_by_waiters(native_handle fd) const noexcept {
     if (static_cast<std::size_t>(fd) >= slots_.size()) return 0;
     const fd_slot& s = slots_[static_cast<std::size_t>(fd)];
     return static_cast<short>((s.readers ? POLLIN : 0) | (s.writers ? POLLOUT : 0));
   }
-  bool has_waiters(int fd) const noexcept { return wanted_by_waiters(fd) != 0; }
+  bool has_waiters(native_handle fd) const noexcept { return wanted_by_waiters(fd) != 0; }
 
   // Serves the waiters of `fd` that `revents` satisfies; POLLNVAL fails them all with EBADF.
-  bool complete(int fd, short revents, reactor_sink& sink) noexcept {
+  bool complete(native_handle fd, short revents, reactor_sink& sink) noexcept {
     if (static_cast<std::size_t>(fd) >= slots_.size()) return false;
     if (revents & POLLNVAL) {
       const bool any = has_waiters(fd);
@@ -213,7 +212,7 @@ class reactor {
   void snapshot_dispatchers(reactor_sink& sink) {
     round_dispatchers_.clear();
     for (Dispatcher* d : dispatchers_) {
-      watched& w = round_dispatchers_.emplace_back(watched{d, -1, false, false});
+      watched& w = round_dispatchers_.emplace_back(watched{d, invalid_handle, false, false});
       guarded(sink, [&] {
         w.fd = d->fileno();
         w.read = d->readable();
@@ -230,7 +229,7 @@ class reactor {
     bool served = false;
     for (std::size_t i = 0; i < round_dispatchers_.size(); ++i) {
       const watched w = round_dispatchers_[i];
-      if (w.dispatcher == nullptr || w.fd < 0 || !(w.read || w.write)) continue;
+      if (w.dispatcher == nullptr || w.fd == invalid_handle || !(w.read || w.write)) continue;
       const short revents = revents_of(i);
       if (revents & POLLNVAL) {
         remove_dispatcher(*w.dispatcher);
@@ -259,11 +258,11 @@ class reactor {
     }
   }
 
-  std::vector<int> active_fds_;  // fds that have waiters, in no particular order
+  std::vector<native_handle> active_fds_;  // fds that have waiters, in no particular order
   std::vector<watched> round_dispatchers_;
 
  private:
-  fd_slot& slot(int fd) {
+  fd_slot& slot(native_handle fd) {
     const auto index = static_cast<std::size_t>(fd);
     if (index >= slots_.size()) {
       slots_.resize(std::max(index + 1, slots_.size() * 2));

@@ -3,9 +3,6 @@
 // kernel between rounds. Loop thread only.
 #pragma once
 
-#include <poll.h>
-
-#include <cerrno>
 #include <chrono>
 #include <cstddef>
 #include <optional>
@@ -22,20 +19,20 @@ namespace coselect::detail {
 // (wait_round) that fills in the revents.
 class round_reactor : public reactor {
  public:
-  bool wait(std::optional<std::chrono::nanoseconds> timeout, std::span<const int> extra_read_fds,
-            reactor_sink& sink) override {
+  bool wait(std::optional<std::chrono::nanoseconds> timeout,
+            std::span<const native_handle> extra_read_fds, reactor_sink& sink) override {
     round_.clear();
-    for (int fd : active_fds_)
+    for (native_handle fd : active_fds_)
       round_.push_back(pollfd{fd, wanted_by_waiters(fd), 0});
     const std::size_t waiter_entries = round_.size();
-    for (int fd : extra_read_fds)
+    for (native_handle fd : extra_read_fds)
       round_.push_back(pollfd{fd, POLLIN, 0});
     const std::size_t dispatcher_entries = round_.size();
     snapshot_dispatchers(sink);
     for (const watched& w : round_dispatchers_) {
       const short events = static_cast<short>((w.read ? POLLIN : 0) | (w.write ? POLLOUT : 0));
       // A dispatcher that wants nothing (or whose fileno() threw) keeps its place, ignored.
-      round_.push_back(pollfd{events != 0 ? w.fd : -1, events, 0});
+      round_.push_back(pollfd{events != 0 ? w.fd : invalid_handle, events, 0});
     }
 
     if (!wait_round(round_, timeout)) return false;
@@ -54,9 +51,7 @@ class round_reactor : public reactor {
   // nothing is to be looked at (timeout, EINTR); throws std::system_error on other failures.
   virtual bool wait_round(std::vector<pollfd>& fds,
                           std::optional<std::chrono::nanoseconds> timeout) {
-    const int n = poll_for(fds.data(), fds.size(), timeout);
-    if (n < 0 && errno != EINTR) throw_errno(errno, "coselect: poll");
-    return n > 0;
+    return poll_round(fds, timeout);
   }
 
  private:
