@@ -5,6 +5,7 @@
 #   build_jobs             number of parallel build jobs (all cores)
 #   default_test_backends  the I/O backends this platform has, for COSELECT_TEST_BACKEND
 #   wine_loader            the wine64 loader (wine64 on PATH, or Debian's /usr/lib/wine/wine64)
+#   wine_server            wine's server, to keep one running for a whole ctest run
 #
 # Set COSELECT_SKIP_DEPS=1 to skip the package check (e.g. on a non-Debian system where the tools
 # are already installed by other means).
@@ -63,4 +64,9 @@ default_test_backends() {
 wine_loader() {
   command -v wine64 2>/dev/null || { [[ -x /usr/lib/wine/wine64 ]] && echo /usr/lib/wine/wine64; } ||
     command -v wine
+}
+
+wine_server() {
+  command -v wineserver 2>/dev/null || { [[ -x /usr/lib/wine/wineserver64 ]] &&
+    echo /usr/lib/wine/wineserver64; } || echo /usr/lib/wine/wineserver
 }
