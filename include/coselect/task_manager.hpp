@@ -161,11 +161,12 @@ inline void release_queue(task_queue& q) noexcept {
 
 inline task_record* next_free(task_record& r) noexcept {
   task_record* next;
-  std::memcpy(&next, r.storage, sizeof next);
+  // A free record's storage holds the link; a pointer's size is what is meant.
+  std::memcpy(&next, r.storage, sizeof next);  // NOLINT(bugprone-sizeof-expression)
   return next;
 }
 inline void link_free(task_record*& list, task_record& r) noexcept {
-  std::memcpy(r.storage, &list, sizeof list);
+  std::memcpy(r.storage, &list, sizeof list);  // NOLINT(bugprone-sizeof-expression)
   list = &r;
 }
 
@@ -204,6 +205,7 @@ inline bool drop_ref(task_record& r) noexcept {
 
 template <class C>
 inline constexpr bool fits_inline =
+    // NOLINTNEXTLINE(misc-redundant-expression): a template condition, constant per C
     sizeof(C) <= task_record::inline_size &&
     alignof(C) <= alignof(void*) && std::is_nothrow_destructible_v<C>;
 
@@ -213,7 +215,8 @@ C& callable_of(task_record& r) noexcept {
     return *std::launder(reinterpret_cast<C*>(r.storage));
   } else {
     C* p;
-    std::memcpy(&p, r.storage, sizeof p);
+    // A callable too big for the record lives on the heap; the storage holds its pointer.
+    std::memcpy(&p, r.storage, sizeof p);  // NOLINT(bugprone-sizeof-expression)
     return *p;
   }
 }
@@ -257,7 +260,7 @@ void construct_callable(task_record& r, F&& f) {
     ::new (static_cast<void*>(r.storage)) C(std::forward<F>(f));
   } else {
     C* p = new C(std::forward<F>(f));
-    std::memcpy(r.storage, &p, sizeof p);
+    std::memcpy(r.storage, &p, sizeof p);  // NOLINT(bugprone-sizeof-expression)
   }
   r.ops = &task_ops_for<C>::table;
 }
@@ -652,6 +655,15 @@ class TaskManager {
 
   // Loop thread: a record from the pool, refilled from the records that came back through
   // handles, or from a new block.
+  // Other threads allocate on their own rather than lock the pool.
+  detail::task_record* take_unpooled() {
+    detail::task_record& r =
+        *::new (::operator new(sizeof(detail::task_record))) detail::task_record;
+    r.queue = &q_;
+    q_.refs.fetch_add(1, std::memory_order_relaxed);
+    return &r;
+  }
+
   detail::task_record* take_pooled() {
     if (q_.free_records == nullptr && q_.has_returned.load(std::memory_order_relaxed)) {
       std::lock_guard lock(q_.mutex);
@@ -672,10 +684,10 @@ class TaskManager {
       q_.blocks.back() = block;
       auto* records = static_cast<detail::task_record*>(block);
       for (std::size_t i = n; i-- > 0;) {
-        auto* r = ::new (static_cast<void*>(records + i)) detail::task_record;
-        r->queue = &q_;
-        r->pooled = true;
-        detail::link_free(q_.free_records, *r);
+        detail::task_record& r = *::new (static_cast<void*>(records + i)) detail::task_record;
+        r.queue = &q_;
+        r.pooled = true;
+        detail::link_free(q_.free_records, r);
       }
       q_.free_count = n;
       q_.refs.fetch_add(n, std::memory_order_relaxed);
@@ -699,15 +711,7 @@ class TaskManager {
   template <class C, class F>
   detail::task_record* make_record(bool local, F&& f) {
     static_assert(std::is_invocable_v<C&>, "a task must be callable with no arguments");
-    detail::task_record* r;
-    if (local) {
-      r = take_pooled();
-    } else {
-      // Other threads allocate on their own rather than lock the pool.
-      r = ::new (::operator new(sizeof(detail::task_record))) detail::task_record;
-      r->queue = &q_;
-      q_.refs.fetch_add(1, std::memory_order_relaxed);
-    }
+    detail::task_record* r = local ? take_pooled() : take_unpooled();
     try {
       detail::construct_callable<C>(*r, std::forward<F>(f));
     } catch (...) {

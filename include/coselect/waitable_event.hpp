@@ -413,7 +413,8 @@ template <class Node>
 class event_wait {
  public:
   explicit event_wait(WaitableEvent& ev) noexcept : event_(ev) {}
-  event_wait(event_wait&& other) noexcept : event_(other.event_), node_() {}
+  // Moved only before it is awaited: nothing is linked or armed yet, so nothing is taken over.
+  event_wait(event_wait&& other) noexcept : event_(other.event_), node_(), cancel_() {}
   event_wait& operator=(const event_wait&) = delete;
   ~event_wait() {
     cancel_.disarm();

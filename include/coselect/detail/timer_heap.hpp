@@ -166,7 +166,8 @@ class timer_heap {
   timer_node* pop() noexcept {
     if (heap_.empty()) return nullptr;
     const std::uint32_t slot = heap_.top().payload;
-    auto* node = reinterpret_cast<timer_node*>(slots_[slot]);
+    // A live slot holds its node's address (free slots hold links): the cast is the design.
+    auto* node = reinterpret_cast<timer_node*>(slots_[slot]);  // NOLINT(performance-no-int-to-ptr)
     release_slot(slot);
     heap_.pop();
     node->slot = timer_node::not_in_heap;

@@ -78,7 +78,8 @@ struct event_watch {
   // may take it back into use (a plain store), only the event's destructor may drop it.
   static constexpr std::uintptr_t kParked = 1;
   static loop_identity* holder(std::uintptr_t claim) noexcept {
-    return reinterpret_cast<loop_identity*>(claim & ~kParked);
+    // A claim is the identity's address with a flag in its low bit.
+    return reinterpret_cast<loop_identity*>(claim & ~kParked);  // NOLINT(performance-no-int-to-ptr)
   }
 
   WaitableEvent* event = nullptr;
